@@ -1,0 +1,3 @@
+from lit_caprl.callbacks.export import HFExport
+
+__all__ = ["HFExport"]

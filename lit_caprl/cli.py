@@ -1,0 +1,114 @@
+"""`lit-caprl`: LightningCLI for `fit`/`validate`/..., plus a few tools.
+
+    lit-caprl fit -c experiments/shapes/captioner_sft.yaml [-c more.yaml] [--model.init_args.lr=1e-4]
+    lit-caprl make-tiny --family qwen2_5_vl --size small --out runs/models/qwen2_5_vl-small
+    lit-caprl data shapes --out runs/data/shapes --n 4000 --n-val 500 --seed 0
+    lit-caprl data check FILE.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+
+class CapRLCLI(LightningCLI):
+    """Subclass mode for model and data, OmegaConf interpolation in YAML, several `-c` merge."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+
+
+def _make_tiny(argv: list[str]) -> int:
+    from lit_caprl.models.tiny import make_tiny
+
+    p = argparse.ArgumentParser(prog="lit-caprl make-tiny", description="Build and save a tiny random-init model.")
+    p.add_argument("--family", required=True, choices=["qwen2_5_vl", "llava", "qwen2"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    print(make_tiny(a.family, a.size, a.out, a.seed))
+    return 0
+
+
+def _data(argv: list[str]) -> int:
+    from lit_caprl.data import schema, shapes
+
+    p = argparse.ArgumentParser(prog="lit-caprl data")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("shapes", help="write a ShapesWorld data set (train.jsonl, val.jsonl, images/)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=4000, help="training scenes")
+    s.add_argument("--n-val", type=int, default=500)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-objects", type=int, default=1)
+    s.add_argument("--max-objects", type=int, default=4)
+    c = sub.add_parser("check", help="validate JSONL files; print every problem as file:line: field: message")
+    c.add_argument("files", nargs="+")
+    a = p.parse_args(argv)
+    if a.cmd == "shapes":
+        print(shapes.write_dataset(a.out, a.n, a.n_val, a.seed, a.min_objects, a.max_objects))
+        return 0
+    bad = 0
+    for f in a.files:
+        records, problems = schema.scan(f)
+        for prob in problems:
+            print(prob)
+        bad += len(problems)
+        print(f"{f}: {len(records)} good records, {len(problems)} problems", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _eval(argv: list[str]) -> int:
+    import json
+
+    from lit_caprl import evaluate
+    from lit_caprl.data.schema import load_records
+    from lit_caprl.models.loading import load_model
+
+    p = argparse.ArgumentParser(prog="lit-caprl eval", description="Caption fidelity and reader accuracy on held-out data.")
+    p.add_argument("--data", required=True, help="JSONL file (e.g. runs/data/shapes/val.jsonl)")
+    p.add_argument("--policy", help="captioner export: greedy captions -> object precision/recall")
+    p.add_argument("--reader", help="reader export: accuracy on (caption, question) pairs")
+    p.add_argument("--n", type=int, default=300, help="records to evaluate")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    records, _ = load_records(a.data)
+    records = evaluate.sample_records(records, a.n, a.seed)
+    result: dict = {"n": len(records)}
+    if a.policy:
+        captions = evaluate.generate_captions(load_model(a.policy), records)
+        result["captions"] = evaluate.caption_fidelity(captions, records)
+        result["examples"] = captions[:3]
+    if a.reader:
+        result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records, a.seed)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+TOOLS = {"make-tiny": _make_tiny, "data": _data, "eval": _eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        return TOOLS[argv[0]](argv[1:])
+    CapRLCLI(args=argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

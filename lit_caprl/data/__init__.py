@@ -1,0 +1,3 @@
+from lit_caprl.data.datamodules import CaptionData, ShapesCaptionData, ShapesReaderData
+
+__all__ = ["CaptionData", "ShapesCaptionData", "ShapesReaderData"]

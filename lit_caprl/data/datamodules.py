@@ -1,0 +1,168 @@
+"""DataModules. Each yields plain examples `{"image", "prompt", "prefill", "target"}`;
+the stage renders them through its model's chat template (see `models/adapter.py`),
+so the data path knows nothing about tokenizers.
+
+The ShapesWorld modules write their data in `prepare_data` when `root` is missing,
+like `download=True` elsewhere.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from lit_caprl.data import prompts, shapes
+from lit_caprl.data.schema import LETTERS, Record, load_records
+
+
+def collate(examples: list[dict]) -> dict[str, list]:
+    """Column-wise lists; images stay PIL until the stage's processor sees them."""
+    return {k: [e[k] for e in examples] for k in examples[0]}
+
+
+class ListDataset(Dataset):
+    def __init__(self, items: list, make: callable) -> None:
+        self.items, self.make = items, make
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.make(self.items[i])
+
+
+class _Base(L.LightningDataModule):
+    def __init__(self, batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
+            num_workers=self.num_workers, drop_last=shuffle,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class CaptionData(_Base):
+    """Image -> caption SFT from JSONL files in the documented schema (targets: `captions`)."""
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str,
+        prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
+        batch_size: int = 16,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        self.train_file, self.val_file, self.prompt = train_file, val_file, prompt
+
+    def targets(self, record: Record) -> list[str]:
+        return list(record.captions)
+
+    def _pairs(self, path: str) -> list[tuple[Record, str]]:
+        records, _ = load_records(path)
+        pairs = [(r, c) for r in records for c in self.targets(r)]
+        if not pairs:
+            raise ValueError(f"{path}: no record has captions to train on")
+        return pairs
+
+    def _example(self, pair: tuple[Record, str]) -> dict:
+        record, target = pair
+        return {"image": record.load_image(), "prompt": self.prompt, "prefill": "", "target": target}
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = ListDataset(self._pairs(self.train_file), self._example)
+        self.val_set = ListDataset(self._pairs(self.val_file), self._example)
+
+
+class ShapesCaptionData(CaptionData):
+    """ShapesWorld captions; `targets="partial"` trains on captions that mention a random
+    subset of the objects (what the CapRL demo starts RL from), "gold" on dense captions."""
+
+    def __init__(
+        self,
+        root: str = "runs/data/shapes",
+        n_train: int = 4000,
+        n_val: int = 500,
+        seed: int = 0,
+        targets: Literal["partial", "gold", "all"] = "partial",
+        prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
+        batch_size: int = 16,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
+        self.root, self.n_train, self.n_val, self.seed, self.which = Path(root), n_train, n_val, seed, targets
+
+    def prepare_data(self) -> None:
+        if not self.root.exists():
+            shapes.write_dataset(self.root, self.n_train, self.n_val, self.seed)
+
+    def targets(self, record: Record) -> list[str]:
+        partial = record.meta.get("partial_captions", [])
+        return {"partial": partial, "gold": list(record.captions), "all": list(record.captions) + partial}[self.which]
+
+
+def reader_examples(records: list[Record], seed: int) -> list[dict]:
+    """(caption, question) pairs labelled by what the caption alone answers.
+
+    Every record contributes its gold caption and its partial captions, each asked every
+    question with shuffled options; a question about an object the caption omits is
+    labelled "cannot answer" (the last option), which is what keeps the reward honest.
+    """
+    rng = random.Random(seed)
+    out = []
+    for r in records:
+        for cap in [*r.captions, *r.meta.get("partial_captions", [])]:
+            claimed = shapes.parse_caption(cap)
+            for q in r.questions:
+                options = list(q.options)
+                rng.shuffle(options)
+                value = shapes.answer_from_objects(q.question, options, claimed)
+                letter = LETTERS[options.index(value)] if value is not None else LETTERS[len(options)]
+                out.append({
+                    "image": None,
+                    "prompt": prompts.reader_question(cap, q.question, options),
+                    "prefill": prompts.ANSWER_PREFIX,
+                    "target": letter,
+                    "n_options": len(options) + 1,
+                })  # fmt: skip
+    return out
+
+
+class ShapesReaderData(_Base):
+    """Text-only reader SFT on ShapesWorld: caption + MCQ -> option letter."""
+
+    def __init__(
+        self,
+        root: str = "runs/data/shapes",
+        n_train: int = 4000,
+        n_val: int = 500,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        self.root, self.n_train, self.n_val, self.seed = Path(root), n_train, n_val, seed
+
+    def prepare_data(self) -> None:
+        if not self.root.exists():
+            shapes.write_dataset(self.root, self.n_train, self.n_val, self.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        train, _ = load_records(self.root / "train.jsonl")
+        val, _ = load_records(self.root / "val.jsonl")
+        self.train_set = ListDataset(reader_examples(train, self.seed), dict)
+        self.val_set = ListDataset(reader_examples(val, self.seed + 1), dict)

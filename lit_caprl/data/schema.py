@@ -1,0 +1,189 @@
+"""The one data format: JSONL, one record per image, images in a folder beside it.
+
+    {"id": "img-1",                       # unique within the file
+     "image": "images/1.png",             # relative to the JSONL's folder, never outside it
+     "captions": ["a big red circle ..."],   # optional, non-empty strings (SFT targets, references)
+     "questions": [                       # at least one
+        {"question": "what color ...?", "options": ["red", "blue", "green", "yellow"], "answer": "A"}],
+     "meta": {...}}                       # optional, free-form (ShapesWorld keeps its scene here)
+
+`answer` is the letter of the right option (A = first). The reader's extra
+"cannot answer" option is added at prompt time, never stored.
+
+Every record is validated on load; a bad one raises `DataError` naming file, line and
+field, or, with `on_bad_record="skip"`, is counted and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+LETTERS = string.ascii_uppercase
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.field}: {self.message}"
+
+
+class DataError(ValueError):
+    """A record that cannot be used; the message names file, line and field."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class MCQ:
+    question: str
+    options: tuple[str, ...]
+    answer: str
+
+    @property
+    def answer_text(self) -> str:
+        return self.options[LETTERS.index(self.answer)]
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    image: Path
+    questions: tuple[MCQ, ...]
+    captions: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict, compare=False)
+    source: str = ""
+
+    def load_image(self) -> Image.Image:
+        with Image.open(self.image) as im:
+            return im.convert("RGB")
+
+
+def _nonempty_str(x: object) -> bool:
+    return isinstance(x, str) and x.strip() != ""
+
+
+def _check_image(value: object, root: Path) -> str | None:
+    if not _nonempty_str(value):
+        return "must be a non-empty string path"
+    rel = Path(value)
+    if rel.is_absolute():
+        return f"absolute path {value!r}: image paths are relative to the data file's folder"
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        return f"{value!r} points outside the data root {root}"
+    if not path.is_file():
+        return f"image file {path} does not exist"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as err:  # PIL raises many types for corrupt files
+        return f"image file {path} is not a readable image ({err})"
+    return None
+
+
+def _check_questions(value: object) -> list[tuple[str, str]]:
+    if not isinstance(value, list) or not value:
+        return [("questions", "must be a non-empty list")]
+    errs = []
+    for i, q in enumerate(value):
+        where = f"questions[{i}]"
+        if not isinstance(q, dict):
+            errs.append((where, "must be an object with question, options, answer"))
+            continue
+        if not _nonempty_str(q.get("question")):
+            errs.append((f"{where}.question", "must be a non-empty string"))
+        opts = q.get("options")
+        if not isinstance(opts, list) or len(opts) < 2 or not all(_nonempty_str(o) for o in opts):
+            errs.append((f"{where}.options", "must be a list of at least 2 non-empty strings"))
+            continue
+        if len(opts) > len(LETTERS) - 1:
+            errs.append((f"{where}.options", f"at most {len(LETTERS) - 1} options"))
+        if len(set(opts)) != len(opts):
+            dup = sorted({o for o in opts if opts.count(o) > 1})
+            errs.append((f"{where}.options", f"duplicate options {dup}"))
+        ans = q.get("answer")
+        valid = LETTERS[: len(opts)]
+        if not (isinstance(ans, str) and len(ans) == 1 and ans in valid):
+            errs.append((f"{where}.answer", f"{ans!r} is not among the option letters {', '.join(valid)}"))
+    return errs
+
+
+def validate(obj: object, root: Path) -> list[tuple[str, str]]:
+    """(field, message) for each problem of one parsed record."""
+    if not isinstance(obj, dict):
+        return [("record", "must be a JSON object")]
+    errs = []
+    if not _nonempty_str(obj.get("id")):
+        errs.append(("id", "must be a non-empty string"))
+    if (msg := _check_image(obj.get("image"), root)) is not None:
+        errs.append(("image", msg))
+    caps = obj.get("captions", [])
+    if not isinstance(caps, list):
+        errs.append(("captions", "must be a list of strings"))
+    else:
+        errs += [(f"captions[{i}]", "empty caption") for i, c in enumerate(caps) if not _nonempty_str(c)]
+    errs += _check_questions(obj.get("questions"))
+    if not isinstance(obj.get("meta", {}), dict):
+        errs.append(("meta", "must be an object"))
+    return errs
+
+
+def _to_record(obj: dict, root: Path, source: str) -> Record:
+    qs = tuple(MCQ(q["question"], tuple(q["options"]), q["answer"]) for q in obj["questions"])
+    return Record(obj["id"], (root / obj["image"]).resolve(), qs, tuple(obj.get("captions", [])), obj.get("meta", {}), source)
+
+
+def scan(path: str | Path) -> tuple[list[Record], list[Problem]]:
+    """Parse and validate a whole file: the good records and every problem found."""
+    path = Path(path)
+    if not path.is_file():
+        return [], [Problem(path, 0, "file", "does not exist")]
+    root = path.parent
+    records, problems, seen = [], [], {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last record
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            problems.append(Problem(path, n, "record", "empty line"))
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append(Problem(path, n, "record", f"malformed JSON ({err.msg} at column {err.colno})"))
+            continue
+        errs = validate(obj, root)
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        if isinstance(rid, str) and rid in seen:
+            errs.append(("id", f"duplicate id {rid!r} (first at line {seen[rid]})"))
+        if errs:
+            problems += [Problem(path, n, f, m) for f, m in errs]
+            continue
+        seen[rid] = n
+        records.append(_to_record(obj, root, f"{path}:{n}"))
+    return records, problems
+
+
+def load_records(path: str | Path, on_bad_record: Literal["error", "skip"] = "error") -> tuple[list[Record], list[Problem]]:
+    """Load a JSONL file. Raises `DataError` on any problem unless `on_bad_record="skip"`,
+    in which case the bad records are left out and their problems returned for reporting."""
+    records, problems = scan(path)
+    if problems and on_bad_record == "error":
+        raise DataError(problems)
+    if not records:
+        raise DataError(problems or [Problem(Path(path), 0, "file", "contains no records")])
+    return records, problems

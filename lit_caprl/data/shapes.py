@@ -1,0 +1,254 @@
+"""ShapesWorld: a seeded synthetic world of coloured shapes on a 3x3 grid.
+
+The world is built so that tiny models learn it in minutes on a CPU: each object fills
+one 28x28 grid cell, which is exactly one merged image token of Qwen2.5-VL (patch 14,
+merge 2) and one patch of the tiny LLaVA tower, and every word of every caption and
+question is a single token of the word-level tokenizer.
+
+Everything here is a pure function of a `random.Random`, so the same seed gives the
+same scenes, the same PNG bytes and the same questions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from lit_caprl.io import atomic_dir
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLORS = {"red": (220, 40, 40), "green": (30, 170, 60), "blue": (40, 80, 230), "yellow": (235, 200, 20)}
+SIZES = ("small", "big")
+POSITIONS = (
+    "top-left", "top", "top-right",
+    "left", "center", "right",
+    "bottom-left", "bottom", "bottom-right",
+)  # fmt: skip
+GRID = 3
+CELL = 28
+IMAGE_SIZE = GRID * CELL
+NUMBERS = ("one", "two", "three", "four", "five", "six")
+MAX_OBJECTS = 5
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    """One object; `position` is one of POSITIONS (one grid cell, at most one object each)."""
+
+    position: str
+    size: str
+    color: str
+    shape: str
+
+    def phrase(self) -> str:
+        return f"at {self.position} is a {self.size} {self.color} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice question: four options and the letter of the right one."""
+
+    question: str
+    options: tuple[str, ...]
+    answer: str
+    type: str
+
+    def to_json(self) -> dict:
+        return {"question": self.question, "options": list(self.options), "answer": self.answer, "type": self.type}
+
+
+def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 4) -> list[ShapeObject]:
+    """Objects in distinct cells, sorted in reading order (the order captions use)."""
+    if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
+        raise ValueError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got {min_objects}, {max_objects}")
+    n = rng.randint(min_objects, max_objects)
+    cells = sorted(rng.sample(range(len(POSITIONS)), n))
+    return [
+        ShapeObject(POSITIONS[c], rng.choice(SIZES), rng.choice(list(COLORS)), rng.choice(SHAPES)) for c in cells
+    ]
+
+
+def render(objects: list[ShapeObject]) -> Image.Image:
+    """Draw the scene on an IMAGE_SIZE x IMAGE_SIZE canvas.
+
+    Qwen2-VL's vision tower has only relative (rotary) positions, so without help a tiny
+    model cannot tell which image token is "top-left". Each cell's background grey is
+    distinct, which puts the cell's identity into its token's content."""
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for i in range(len(POSITIONS)):
+        row, col = divmod(i, GRID)
+        level = 250 - 12 * i  # a faint grey per cell, so an image token's content says where it is
+        draw.rectangle((col * CELL, row * CELL, col * CELL + CELL - 1, row * CELL + CELL - 1), fill=(level,) * 3)
+    for obj in objects:
+        row, col = divmod(POSITIONS.index(obj.position), GRID)
+        cx, cy = col * CELL + CELL // 2, row * CELL + CELL // 2
+        r = 11 if obj.size == "big" else 6
+        fill = COLORS[obj.color]
+        box = (cx - r, cy - r, cx + r, cy + r)
+        if obj.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif obj.shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif obj.shape == "triangle":
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+        else:
+            w = max(2, r // 2)
+            draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
+            draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+    return image
+
+
+def caption(objects: list[ShapeObject]) -> str:
+    """The fixed grammar: one sentence per object, in reading order. The position comes first,
+    so each sentence names the grid cell (one image token) before describing what is in it."""
+    return " ".join(f"{o.phrase()} ." for o in sorted(objects, key=lambda o: POSITIONS.index(o.position)))
+
+
+_OBJECT_RE = re.compile(
+    rf"\bat ({'|'.join(sorted(POSITIONS, key=len, reverse=True))}) is a "
+    rf"({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b"
+)
+
+
+def parse_caption(text: str) -> list[ShapeObject]:
+    """The objects a caption claims (anything outside the grammar is ignored)."""
+    return [ShapeObject(*m.groups()) for m in _OBJECT_RE.finditer(text)]
+
+
+def match_counts(claimed: list[ShapeObject], truth: list[ShapeObject]) -> tuple[int, int, int]:
+    """(true claims, number of claims, number of true objects); claims are matched as a multiset."""
+    hits = sum((Counter(claimed) & Counter(truth)).values())
+    return hits, len(claimed), len(truth)
+
+
+def _letter(options: list[str], answer: str) -> str:
+    return "ABCD"[options.index(answer)]
+
+
+def _choose(rng: random.Random, answer: str, pool: list[str]) -> list[str]:
+    options = [answer] + rng.sample([p for p in pool if p != answer], 3)
+    rng.shuffle(options)
+    return options
+
+
+def make_questions(rng: random.Random, objects: list[ShapeObject]) -> list[Question]:
+    """About five MCQs per scene: colour, shape, position, count and existence."""
+    out: list[Question] = []
+    a, b = rng.choice(objects), rng.choice(objects)
+    opts = _choose(rng, a.color, list(COLORS))
+    out.append(Question(f"what color is the object at {a.position} ?", tuple(opts), _letter(opts, a.color), "color"))
+    opts = _choose(rng, b.shape, list(SHAPES))
+    out.append(Question(f"what shape is the object at {b.position} ?", tuple(opts), _letter(opts, b.shape), "shape"))
+    kinds = Counter((o.color, o.shape) for o in objects)
+    unique = [o for o in objects if kinds[(o.color, o.shape)] == 1]
+    if unique:
+        c = rng.choice(unique)
+        opts = _choose(rng, c.position, list(POSITIONS))
+        q = f"where is the {c.color} {c.shape} ?"
+        out.append(Question(q, tuple(opts), _letter(opts, c.position), "position"))
+    count = NUMBERS[len(objects) - 1]
+    opts = _choose(rng, count, list(NUMBERS))
+    out.append(Question("how many objects are there ?", tuple(opts), _letter(opts, count), "count"))
+    absent = [f"{c} {s}" for c in COLORS for s in SHAPES if (c, s) not in kinds]
+    present = rng.choice(sorted(f"{c} {s}" for c, s in kinds))
+    opts = [present] + rng.sample(absent, 3)
+    rng.shuffle(opts)
+    out.append(Question("which object is in the image ?", tuple(opts), _letter(opts, present), "existence"))
+    return out
+
+
+_QUESTION_RES = {
+    "color": re.compile(r"what color is the object at (\S+) \?"),
+    "shape": re.compile(r"what shape is the object at (\S+) \?"),
+    "position": re.compile(r"where is the (\S+) (\S+) \?"),
+    "count": re.compile(r"how many objects are there \?"),
+    "existence": re.compile(r"which object is in the image \?"),
+}
+
+
+def answer_from_objects(question: str, options: list[str], objects: list[ShapeObject]) -> str | None:
+    """The option a perfect reader picks if `objects` were the whole scene, or None if no option fits.
+
+    Applied to the objects a caption claims, this is the label "answering from the caption
+    alone" gives, which is what the reader is trained to do.
+    """
+    by_pos = {o.position: o for o in objects}
+    for kind, pattern in _QUESTION_RES.items():
+        m = pattern.fullmatch(question)
+        if m is None:
+            continue
+        if kind in ("color", "shape"):
+            obj = by_pos.get(m[1])
+            value = None if obj is None else getattr(obj, kind)
+        elif kind == "position":
+            found = [o.position for o in objects if (o.color, o.shape) == (m[1], m[2])]
+            value = found[0] if len(found) == 1 else None
+        elif kind == "count":
+            value = NUMBERS[len(objects) - 1] if 0 < len(objects) <= len(NUMBERS) else None
+        else:
+            named = {f"{o.color} {o.shape}" for o in objects}
+            hits = [opt for opt in options if opt in named]
+            value = hits[0] if len(hits) == 1 else None
+        return value if value in options else None
+    raise ValueError(f"not a ShapesWorld question: {question!r}")
+
+
+def partial_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> list[str]:
+    """`n` captions that each mention a random non-empty subset of the objects."""
+    out = []
+    for _ in range(n):
+        k = rng.randint(1, len(objects))
+        out.append(caption(rng.sample(objects, k)))
+    return out
+
+
+def make_scene_record(
+    rng: random.Random, idx: int, min_objects: int, max_objects: int, n_partial: int = 2
+) -> tuple[dict, Image.Image]:
+    """One JSONL record (image path filled in by the writer) and its image."""
+    objects = sample_scene(rng, min_objects, max_objects)
+    record = {
+        "id": f"shapes-{idx:06d}",
+        "image": f"images/{idx:06d}.png",
+        "captions": [caption(objects)],
+        "questions": [q.to_json() for q in make_questions(rng, objects)],
+        "meta": {
+            "level": len(objects),
+            "objects": [asdict(o) for o in objects],
+            "partial_captions": partial_captions(rng, objects, n_partial),
+        },
+    }
+    return record, render(objects)
+
+
+def vocabulary() -> list[str]:
+    """Every word ShapesWorld captions and questions use."""
+    words = set(SHAPES) | set(COLORS) | set(SIZES) | set(POSITIONS) | set(NUMBERS)
+    for template in (caption([ShapeObject("top", "big", "red", "circle")]), *(p.pattern for p in _QUESTION_RES.values())):
+        words |= {w for w in template.replace("\\", "").split() if re.fullmatch(r"[a-z.?,:-]+", w)}
+    return sorted(words)
+
+
+def write_dataset(
+    out_dir: str | Path, n_train: int, n_val: int, seed: int, min_objects: int = 1, max_objects: int = 4
+) -> Path:
+    """Write `train.jsonl`, `val.jsonl` and `images/` under `out_dir`, atomically."""
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "images").mkdir()
+        start = 0
+        for split, n in (("train", n_train), ("val", n_val)):
+            rng = random.Random(f"shapes-{seed}-{split}")
+            with open(tmp / f"{split}.jsonl", "w") as f:
+                for idx in range(start, start + n):
+                    record, image = make_scene_record(rng, idx, min_objects, max_objects)
+                    image.save(tmp / record["image"], format="PNG")
+                    f.write(json.dumps(record) + "\n")
+            start += n
+    return Path(out_dir)

@@ -1,0 +1,95 @@
+"""Evaluation: caption fidelity (ShapesWorld object precision/recall) and reader accuracy.
+
+Pure loops over an adapter; no Lightning. Used by `lit-caprl eval` and the tests.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import torch
+
+from lit_caprl.data import prompts, shapes
+from lit_caprl.data.datamodules import reader_examples
+from lit_caprl.data.schema import LETTERS, Record
+from lit_caprl.models.adapter import VLMAdapter
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@torch.no_grad()
+def generate_captions(
+    adapter: VLMAdapter,
+    records: list[Record],
+    prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> list[str]:
+    """One caption per record; `temperature=0` is greedy."""
+    torch.manual_seed(seed)
+    adapter.model.eval()
+    out = []
+    text = adapter.chat(prompt, with_image=True)
+    for chunk in _chunks(records, batch_size):
+        batch = adapter.encode_prompts([text] * len(chunk), [r.load_image() for r in chunk]).to(adapter.model.device)
+        sample = temperature > 0
+        comps = adapter.generate(batch, max_new_tokens, temperature=temperature if sample else 1.0, do_sample=sample)
+        out += adapter.decode(comps)
+    return out
+
+
+def scene_objects(record: Record) -> list[shapes.ShapeObject]:
+    """The ground-truth objects of a ShapesWorld record."""
+    if "objects" not in record.meta:
+        raise ValueError(f"{record.source}: meta.objects missing; object fidelity needs ShapesWorld records")
+    return [shapes.ShapeObject(**o) for o in record.meta["objects"]]
+
+
+def caption_fidelity(captions: list[str], records: list[Record]) -> dict[str, float]:
+    """Object precision (what captions claim is true), recall (how much of the scene they say),
+    micro-averaged over all claims/objects, and mean caption length in words."""
+    hits = claims = truth = 0
+    for cap, rec in zip(captions, records, strict=True):
+        h, c, t = shapes.match_counts(shapes.parse_caption(cap), scene_objects(rec))
+        hits, claims, truth = hits + h, claims + c, truth + t
+    return {
+        "precision": hits / claims if claims else 0.0,
+        "recall": hits / truth,
+        "length": sum(len(c.split()) for c in captions) / len(captions),
+    }
+
+
+@torch.no_grad()
+def letter_choices(reader: VLMAdapter, texts: list[str], n_options: list[int], batch_size: int = 128) -> list[str]:
+    """The option letter each prompt's reader ranks highest at the answer position."""
+    reader.model.eval()
+    letter_ids = reader.tokenizer.convert_tokens_to_ids(list(LETTERS[: max(n_options)]))
+    out = []
+    for chunk, ns in zip(_chunks(texts, batch_size), _chunks(n_options, batch_size), strict=True):
+        batch = reader.encode_prompts(chunk).to(reader.model.device)
+        logits = reader.next_token_logits(batch)[:, letter_ids]
+        for row, n in zip(logits, ns, strict=True):
+            out.append(LETTERS[int(row[:n].argmax())])
+    return out
+
+
+def reader_accuracy(reader: VLMAdapter, records: list[Record], seed: int = 0) -> dict[str, float]:
+    """Accuracy on (caption, question) pairs labelled by what the caption answers (gold and
+    partial captions), and the share of "cannot answer" questions it gets right."""
+    examples = reader_examples(records, seed)
+    texts = [reader.chat(e["prompt"], with_image=False, prefill=e["prefill"]) for e in examples]
+    n_opts = [e["n_options"] for e in examples]
+    picks = letter_choices(reader, texts, n_opts)
+    correct = [p == e["target"] for p, e in zip(picks, examples, strict=True)]
+    cannot = [c for c, e, n in zip(correct, examples, n_opts, strict=True) if e["target"] == LETTERS[n - 1]]
+    return {"accuracy": sum(correct) / len(correct), "cannot_answer_accuracy": sum(cannot) / max(len(cannot), 1)}
+
+
+def sample_records(records: list[Record], n: int, seed: int) -> list[Record]:
+    return random.Random(seed).sample(records, min(n, len(records)))

@@ -1,0 +1,209 @@
+"""The VLM adapter: the one place that knows model-family quirks.
+
+Every stage sees sequences the same way: a left-padded prompt batch (`PromptBatch`)
+followed by right-padded completion tokens ending in EOS. SFT, GRPO, DPO and the reader
+reward all reduce to "log-probs of these completion tokens after these prompts", which
+`completion_logprobs` computes for any family:
+
+- Qwen2-VL family: `pixel_values` are patches flattened across the batch, so per-sample
+  slicing goes through `image_grid_thw`; positions are 3-D (mrope) and the model caches
+  `rope_deltas` during `generate`, which must be reset before a training forward.
+- LLaVA and text-only decoders: positions come from the attention mask, so left padding
+  does not shift them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+
+class _Tensors:
+    def to(self, device: torch.device | str):
+        """A copy with every tensor field on `device`."""
+        return replace(self, **{f.name: v.to(device) for f in fields(self) if (v := getattr(self, f.name)) is not None})
+
+
+@dataclass
+class PromptBatch(_Tensors):
+    """Left-padded prompts plus whatever image tensors the family needs."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    pixel_values: Tensor | None = None
+    image_grid_thw: Tensor | None = None
+    mm_token_type_ids: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class Completions(_Tensors):
+    """Right-padded completion tokens; `mask` covers each completion up to and including its EOS."""
+
+    ids: Tensor
+    mask: Tensor
+    truncated: Tensor  # bool per row: no EOS within the token budget
+
+    @property
+    def lengths(self) -> Tensor:
+        return self.mask.sum(-1)
+
+
+class VLMAdapter:
+    """Wraps a Hugging Face model and its processor (or tokenizer, for text-only readers)."""
+
+    def __init__(self, model: torch.nn.Module, processor) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer.padding_side = "left"
+        self.family = model.config.model_type
+        self.is_vision = hasattr(model.config, "vision_config")
+        self.mrope = self.family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+
+    # ---- prompts -------------------------------------------------------------------------
+    def chat(self, text: str, with_image: bool, prefill: str = "") -> str:
+        """One user turn rendered with the model's chat template, ready for the assistant to answer."""
+        content = [{"type": "image"}, {"type": "text", "text": text}] if with_image else text
+        rendered = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        return rendered + prefill
+
+    def encode_prompts(self, texts: list[str], images: list[Image.Image] | None = None) -> PromptBatch:
+        """Tokenize already-rendered prompts (see `chat`), left-padded, with their images."""
+        if images is None:
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            return PromptBatch(enc["input_ids"], enc["attention_mask"])
+        enc = self.processor(text=texts, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
+        return PromptBatch(
+            enc["input_ids"],
+            enc["attention_mask"],
+            enc.get("pixel_values"),
+            enc.get("image_grid_thw"),
+            enc.get("mm_token_type_ids"),
+        )
+
+    def encode_completions(self, texts: list[str]) -> Completions:
+        """Target texts as right-padded token ids, each ending in EOS (so the model learns to stop)."""
+        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.eos_id] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return Completions(ids, mask, torch.zeros(len(rows), dtype=torch.bool))
+
+    def decode(self, completions: Completions) -> list[str]:
+        return [
+            self.tokenizer.decode(row[: int(n)], skip_special_tokens=True).strip()
+            for row, n in zip(completions.ids, completions.lengths, strict=True)
+        ]
+
+    # ---- per-sample image tensors ----------------------------------------------------------
+    def select(self, batch: PromptBatch, index: Tensor) -> PromptBatch:
+        """Rows `index` of a batch (repeats allowed), slicing the flattened Qwen-VL patches per sample."""
+        pixels = batch.pixel_values
+        if pixels is not None and batch.image_grid_thw is not None:
+            counts = batch.image_grid_thw.prod(-1)
+            per_sample = torch.split(pixels, counts.tolist())
+            pixels = torch.cat([per_sample[i] for i in index.tolist()])
+        elif pixels is not None:
+            pixels = pixels[index]
+        return PromptBatch(
+            batch.input_ids[index],
+            batch.attention_mask[index],
+            pixels,
+            None if batch.image_grid_thw is None else batch.image_grid_thw[index],
+            None if batch.mm_token_type_ids is None else batch.mm_token_type_ids[index],
+        )
+
+    # ---- forward passes ------------------------------------------------------------------
+    def _forward_kwargs(self, batch: PromptBatch, extra: Tensor, extra_mask: Tensor) -> dict:
+        input_ids = torch.cat([batch.input_ids, extra], dim=1)
+        mask = torch.cat([batch.attention_mask, extra_mask.to(batch.attention_mask.dtype)], dim=1)
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        if batch.pixel_values is not None:
+            kwargs["pixel_values"] = batch.pixel_values
+        if self.mrope:
+            self.model.model.rope_deltas = None  # stale after generate() on a batch of another size
+            kwargs["image_grid_thw"] = batch.image_grid_thw
+            if batch.mm_token_type_ids is not None:
+                kwargs["mm_token_type_ids"] = torch.cat([batch.mm_token_type_ids, torch.zeros_like(extra)], dim=1)
+        else:
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return kwargs
+
+    def completion_logprobs(self, batch: PromptBatch, completions: Completions, temperature: float = 1.0) -> Tensor:
+        """Per-token log p(completion token | prompt, earlier tokens) at `temperature`, shape [B, L].
+
+        Padding positions hold garbage; multiply by `completions.mask`. Only the completion's
+        logits are computed (`logits_to_keep`), which skips the LM head over long image prompts.
+        """
+        length = completions.ids.shape[1]
+        kwargs = self._forward_kwargs(batch, completions.ids, completions.mask)
+        logits = self.model(**kwargs, logits_to_keep=length + 1).logits[:, :-1].float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        return torch.gather(F.log_softmax(logits, dim=-1), 2, completions.ids.unsqueeze(-1)).squeeze(-1)
+
+    def next_token_logits(self, batch: PromptBatch) -> Tensor:
+        """Logits of the token after each prompt, shape [B, V] (the reader's answer position)."""
+        empty = batch.input_ids.new_zeros((len(batch), 0))
+        kwargs = self._forward_kwargs(batch, empty, empty)
+        return self.model(**kwargs, logits_to_keep=1).logits[:, -1].float()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: PromptBatch,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        do_sample: bool = True,
+    ) -> Completions:
+        """Sample completions under `no_grad` (not `inference_mode`: their tensors later enter
+        a training forward). Tokens that would break a forward pass (image, pad) are suppressed."""
+        if self.mrope:
+            self.model.model.rope_deltas = None
+        kwargs = self._forward_kwargs(batch, batch.input_ids[:, :0], batch.attention_mask[:, :0])
+        kwargs.pop("use_cache")
+        kwargs.pop("position_ids", None)
+        sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
+        out = self.model.generate(
+            **kwargs,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            **sampling,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            suppress_tokens=self._suppressed(),
+        )
+        return self._completions(out[:, batch.input_ids.shape[1] :])
+
+    def _suppressed(self) -> list[int]:
+        ids = {self.pad_id, self.tokenizer.bos_token_id, self.tokenizer.unk_token_id}
+        for name in ("image_token_id", "video_token_id", "image_token_index", "vision_start_token_id", "vision_end_token_id"):
+            ids.add(getattr(self.model.config, name, None))
+        ids.discard(self.eos_id)
+        ids.discard(None)
+        return sorted(ids)
+
+    def _completions(self, ids: Tensor) -> Completions:
+        """Mask up to and including the first EOS; rows with no EOS are truncated."""
+        is_eos = ids == self.eos_id
+        has_eos = is_eos.any(-1)
+        first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        mask = (positions[None] <= first[:, None]).long()
+        ids = ids.masked_fill(mask == 0, self.pad_id)
+        return Completions(ids, mask, ~has_eos)

@@ -1,0 +1,3 @@
+from lit_caprl.stages.sft import SFTStage
+
+__all__ = ["SFTStage"]

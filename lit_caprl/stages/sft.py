@@ -1,0 +1,69 @@
+"""Supervised fine-tuning: completion-only cross-entropy for captioners and readers alike."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from lit_caprl.models.adapter import Completions, PromptBatch
+from lit_caprl.models.loading import load_policy
+from lit_caprl.stages.optim import adamw_cosine
+
+
+class SFTStage(L.LightningModule):
+    """Trains `model` (a Hub id or export directory) to continue each prompt with its target.
+
+    Only completion tokens (target + EOS) are scored: prompt and image tokens are context.
+
+    Args:
+        model: model to train, Hub id or `save_pretrained` directory.
+        init_from: weights to start from (export dir or `.ckpt`); hyper-parameters come from this config.
+        lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay to 0 over the run.
+        max_grad_norm: gradient-norm clip (0 disables).
+        dtype: parameter dtype of the loaded model.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        init_from: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 20,
+        max_grad_norm: float = 1.0,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.adapter = load_policy(model, init_from, dtype)
+        self.policy = self.adapter.model.train()  # from_pretrained returns eval mode
+
+    def encode(self, batch: dict) -> tuple[PromptBatch, Completions]:
+        images = batch["image"]
+        with_image = images[0] is not None
+        texts = [self.adapter.chat(p, with_image, prefill) for p, prefill in zip(batch["prompt"], batch["prefill"], strict=True)]
+        prompts = self.adapter.encode_prompts(texts, images if with_image else None)
+        return prompts.to(self.device), self.adapter.encode_completions(batch["target"]).to(self.device)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        prompts, targets = self.encode(batch)
+        logps = self.adapter.completion_logprobs(prompts, targets)
+        mask = targets.mask.float()
+        return -(logps * mask).sum() / mask.sum()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/loss", self.loss(batch), prog_bar=True, batch_size=len(batch["target"]))
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return adamw_cosine(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, self.trainer.estimated_stepping_batches)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")

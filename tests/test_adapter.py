@@ -1,0 +1,80 @@
+"""The adapter's core promise: a sample's log-probs do not depend on its batch-mates."""
+
+import random
+
+import pytest
+import torch
+
+from lit_caprl.data import shapes
+from lit_caprl.models.loading import load_model, resolve
+
+TARGETS = ["at top is a big red circle .", "red", "at center is a small blue cross . at left is"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_logprobs_in_padded_batch_equal_alone(tiny_models, family):
+    torch.manual_seed(0)
+    adapter = load_model(tiny_models[family])
+    rng = random.Random(0)
+    images = [shapes.render(shapes.sample_scene(rng)) for _ in TARGETS]
+    prompts = [  # different prompt lengths force left padding
+        adapter.chat("describe this image in detail .", True),
+        adapter.chat("describe this image .", True, prefill="at top is a"),
+        adapter.chat("describe the image in detail .", True),
+    ]
+    batch = adapter.encode_prompts(prompts, images)
+    assert (batch.attention_mask == 0).any(), "the test needs padding"
+    together = adapter.completion_logprobs(batch, adapter.encode_completions(TARGETS), temperature=0.7)
+    for i in range(len(TARGETS)):
+        alone_comp = adapter.encode_completions([TARGETS[i]])
+        alone = adapter.completion_logprobs(adapter.encode_prompts([prompts[i]], [images[i]]), alone_comp, temperature=0.7)
+        n = int(alone_comp.mask.sum())
+        torch.testing.assert_close(together[i, :n], alone[0, :n], atol=1e-5, rtol=0)
+
+
+def test_select_slices_flattened_qwen_patches(tiny_models):
+    adapter = load_model(tiny_models["qwen2_5_vl"])
+    rng = random.Random(1)
+    images = [shapes.render(shapes.sample_scene(rng)) for _ in range(3)]
+    text = adapter.chat("describe this image in detail .", True)
+    batch = adapter.encode_prompts([text] * 3, images)
+    picked = adapter.select(batch, torch.tensor([2, 2, 0]))
+    single = adapter.encode_prompts([text], [images[2]])
+    per_image = single.pixel_values.shape[0]
+    torch.testing.assert_close(picked.pixel_values[:per_image], single.pixel_values)
+    torch.testing.assert_close(picked.pixel_values[per_image : 2 * per_image], single.pixel_values)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_generate_then_forward_on_other_batch_size(tiny_models, family):
+    """Generation caches Qwen's rope_deltas for its batch; a training forward of another size must still work."""
+    torch.manual_seed(0)
+    adapter = load_model(tiny_models[family])
+    rng = random.Random(2)
+    images = [shapes.render(shapes.sample_scene(rng)) for _ in range(3)]
+    text = adapter.chat("describe this image in detail .", True)
+    big = adapter.encode_prompts([text] * 3, images)
+    comps = adapter.generate(big, max_new_tokens=6)
+    assert comps.ids.shape[0] == 3 and not comps.ids.requires_grad
+    eos_rows = comps.ids == adapter.eos_id
+    assert ((comps.mask.sum(-1) == 6) | eos_rows.any(-1)).all()  # mask runs to the first EOS or the budget
+    small = adapter.select(big, torch.tensor([1]))
+    lp = adapter.completion_logprobs(small, adapter.encode_completions(["at top is a big red circle ."]))
+    assert torch.isfinite(lp).all()
+
+
+def test_missing_model_directory_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve("runs/models/not-built-yet")
+    assert resolve("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "qwen2"])
+def test_loaded_tokenizer_keeps_every_word(tiny_models, family):
+    """Each ShapesWorld word is one token after a save/load round trip (no word dropped or unknown)."""
+    tok = load_model(tiny_models[family]).tokenizer
+    text = "at top-left is a big red circle . what color is the object at center ? the answer is E"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.split()) and tok.unk_token_id not in ids

@@ -1,0 +1,92 @@
+"""SFT end to end on tiny models: the loss falls, weights change, exports and init_from chain."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+from lit_caprl.callbacks import HFExport
+from lit_caprl.data import ShapesCaptionData, ShapesReaderData
+from lit_caprl.stages import SFTStage
+
+
+class LossHistory(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def _fit(module, data, steps: int, tmp_path: Path, callbacks=()) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=tmp_path, callbacks=list(callbacks),
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2"])
+def test_sft_loss_falls_and_trainable_params_change(tiny_models, shapes_root, tmp_path, family):
+    L.seed_everything(0)
+    module = SFTStage(tiny_models[family], lr=3e-3, warmup_steps=2)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    data = (
+        ShapesCaptionData(shapes_root, batch_size=8, targets="gold")
+        if family == "qwen2_5_vl"
+        else ShapesReaderData(shapes_root, batch_size=16)
+    )
+    history = LossHistory()
+    _fit(module, data, 30, tmp_path, [history])
+    first, last = sum(history.losses[:5]) / 5, sum(history.losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    unchanged = [n for n, p in module.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
+    assert unchanged == []
+
+
+def test_completion_only_loss_ignores_the_prompt(tiny_models, shapes_root):
+    """Changing the prompt's tokens changes nothing that is scored except through context."""
+    module = SFTStage(tiny_models["qwen2"])
+    batch = {"image": [None], "prompt": ["what color is the object at top ?"], "prefill": [""], "target": ["red"]}
+    prompts, targets = module.encode(batch)
+    assert targets.mask.sum() == 2  # "red" + EOS
+    assert targets.ids[0, -1] == module.adapter.eos_id
+
+
+def test_export_round_trips_with_identical_logits(tiny_models, shapes_root, tmp_path):
+    module = SFTStage(tiny_models["qwen2_5_vl"], lr=3e-3, warmup_steps=1)
+    out = tmp_path / "export"
+    _fit(module, ShapesCaptionData(shapes_root, batch_size=4), 3, tmp_path, [HFExport(str(out))])
+    assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    reloaded = AutoModelForImageTextToText.from_pretrained(out).eval()
+    module.policy.eval()
+    data = ShapesCaptionData(shapes_root, batch_size=4)
+    data.setup()
+    batch = next(iter(data.val_dataloader()))
+    prompts, targets = module.encode(batch)
+    kwargs = module.adapter._forward_kwargs(prompts, targets.ids, targets.mask)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**kwargs).logits, module.policy(**kwargs).logits, rtol=0, atol=0)
+
+
+def test_init_from_loads_weights_not_hyperparameters(tiny_models, shapes_root, tmp_path):
+    first = SFTStage(tiny_models["qwen2"], lr=5e-3, warmup_steps=1)
+    trainer = _fit(first, ShapesReaderData(shapes_root, batch_size=8), 3, tmp_path, [HFExport(str(tmp_path / "export"))])
+    ckpt = tmp_path / "first.ckpt"
+    trainer.save_checkpoint(ckpt)
+    for source in (ckpt, tmp_path / "export"):
+        second = SFTStage(tiny_models["qwen2"], init_from=str(source), lr=1e-5)
+        assert second.hparams.lr == 1e-5
+        for (n, a), (_, b) in zip(first.policy.state_dict().items(), second.policy.state_dict().items(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"])
+    assert not torch.equal(fresh.lm_head.weight, first.policy.lm_head.weight)
+
+
+def test_init_from_missing_path_is_an_error(tiny_models, tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither an export directory nor a checkpoint"):
+        SFTStage(tiny_models["qwen2"], init_from=str(tmp_path / "missing.ckpt"))
