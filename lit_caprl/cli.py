@@ -1,9 +1,9 @@
 """`lit-caprl`: LightningCLI for `fit`/`validate`/..., plus a few tools.
 
-    lit-caprl fit -c experiments/shapes/captioner_sft.yaml [-c more.yaml] [--model.init_args.lr=1e-4]
-    lit-caprl make-tiny --family qwen2_5_vl --size small --out runs/models/qwen2_5_vl-small
-    lit-caprl data shapes --out runs/data/shapes --n 4000 --n-val 500 --seed 0
-    lit-caprl data check FILE.jsonl
+lit-caprl fit -c experiments/shapes/captioner_sft.yaml [-c more.yaml] [--model.init_args.lr=1e-4]
+lit-caprl make-tiny --family qwen2_5_vl --size small --out runs/models/qwen2_5_vl-small
+lit-caprl data shapes --out runs/data/shapes --n 4000 --n-val 500 --seed 0
+lit-caprl data check FILE.jsonl
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def _eval(argv: list[str]) -> int:
     from lit_caprl.data.schema import load_records
     from lit_caprl.models.loading import load_model
 
-    p = argparse.ArgumentParser(prog="lit-caprl eval", description="Caption fidelity and reader accuracy on held-out data.")
+    p = argparse.ArgumentParser(
+        prog="lit-caprl eval", description="Caption fidelity and reader accuracy on held-out data."
+    )
     p.add_argument("--data", required=True, help="JSONL file (e.g. runs/data/shapes/val.jsonl)")
     p.add_argument("--policy", help="captioner export: greedy captions -> object precision/recall")
     p.add_argument("--reader", help="reader export: accuracy on (caption, question) pairs")

@@ -27,7 +27,9 @@ def test_logprobs_in_padded_batch_equal_alone(tiny_models, family):
     together = adapter.completion_logprobs(batch, adapter.encode_completions(TARGETS), temperature=0.7)
     for i in range(len(TARGETS)):
         alone_comp = adapter.encode_completions([TARGETS[i]])
-        alone = adapter.completion_logprobs(adapter.encode_prompts([prompts[i]], [images[i]]), alone_comp, temperature=0.7)
+        alone = adapter.completion_logprobs(
+            adapter.encode_prompts([prompts[i]], [images[i]]), alone_comp, temperature=0.7
+        )
         n = int(alone_comp.mask.sum())
         torch.testing.assert_close(together[i, :n], alone[0, :n], atol=1e-5, rtol=0)
 

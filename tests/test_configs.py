@@ -27,8 +27,12 @@ def test_config_parses(config):
 
 def test_several_configs_merge_and_interpolate(tmp_path):
     extra = tmp_path / "extra.yaml"
-    extra.write_text("model:\n  init_args:\n    lr: 0.123\ntrainer:\n  default_root_dir: ${model.init_args.model}-out\n")
-    cli = ParseOnlyCLI(args=["fit", "-c", str(ROOT / "experiments/shapes/captioner_sft.yaml"), "-c", str(extra)], run=False)
+    extra.write_text(
+        "model:\n  init_args:\n    lr: 0.123\ntrainer:\n  default_root_dir: ${model.init_args.model}-out\n"
+    )
+    cli = ParseOnlyCLI(
+        args=["fit", "-c", str(ROOT / "experiments/shapes/captioner_sft.yaml"), "-c", str(extra)], run=False
+    )
     assert cli.config.fit.model.init_args.lr == 0.123
     assert cli.config.fit.trainer.default_root_dir == cli.config.fit.model.init_args.model + "-out"
 

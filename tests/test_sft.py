@@ -75,7 +75,9 @@ def test_export_round_trips_with_identical_logits(tiny_models, shapes_root, tmp_
 
 def test_init_from_loads_weights_not_hyperparameters(tiny_models, shapes_root, tmp_path):
     first = SFTStage(tiny_models["qwen2"], lr=5e-3, warmup_steps=1)
-    trainer = _fit(first, ShapesReaderData(shapes_root, batch_size=8), 3, tmp_path, [HFExport(str(tmp_path / "export"))])
+    trainer = _fit(
+        first, ShapesReaderData(shapes_root, batch_size=8), 3, tmp_path, [HFExport(str(tmp_path / "export"))]
+    )
     ckpt = tmp_path / "first.ckpt"
     trainer.save_checkpoint(ckpt)
     for source in (ckpt, tmp_path / "export"):

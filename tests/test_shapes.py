@@ -34,7 +34,9 @@ def test_parser_recovers_every_gold_scene():
 
 def test_match_counts_precision_and_recall():
     truth = [shapes.ShapeObject("top", "big", "red", "circle"), shapes.ShapeObject("left", "small", "blue", "cross")]
-    claimed = shapes.parse_caption("at top is a big red circle . at center is a big red circle . at top is a big red circle .")
+    claimed = shapes.parse_caption(
+        "at top is a big red circle . at center is a big red circle . at top is a big red circle ."
+    )
     assert shapes.match_counts(claimed, truth) == (1, 3, 2)  # a repeated claim counts once
 
 

@@ -143,7 +143,9 @@ def validate(obj: object, root: Path) -> list[tuple[str, str]]:
 
 def _to_record(obj: dict, root: Path, source: str) -> Record:
     qs = tuple(MCQ(q["question"], tuple(q["options"]), q["answer"]) for q in obj["questions"])
-    return Record(obj["id"], (root / obj["image"]).resolve(), qs, tuple(obj.get("captions", [])), obj.get("meta", {}), source)
+    return Record(
+        obj["id"], (root / obj["image"]).resolve(), qs, tuple(obj.get("captions", [])), obj.get("meta", {}), source
+    )
 
 
 def scan(path: str | Path) -> tuple[list[Record], list[Problem]]:
@@ -178,7 +180,9 @@ def scan(path: str | Path) -> tuple[list[Record], list[Problem]]:
     return records, problems
 
 
-def load_records(path: str | Path, on_bad_record: Literal["error", "skip"] = "error") -> tuple[list[Record], list[Problem]]:
+def load_records(
+    path: str | Path, on_bad_record: Literal["error", "skip"] = "error"
+) -> tuple[list[Record], list[Problem]]:
     """Load a JSONL file. Raises `DataError` on any problem unless `on_bad_record="skip"`,
     in which case the bad records are left out and their problems returned for reporting."""
     records, problems = scan(path)

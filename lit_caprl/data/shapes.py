@@ -69,9 +69,7 @@ def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 4)
         raise ValueError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got {min_objects}, {max_objects}")
     n = rng.randint(min_objects, max_objects)
     cells = sorted(rng.sample(range(len(POSITIONS)), n))
-    return [
-        ShapeObject(POSITIONS[c], rng.choice(SIZES), rng.choice(list(COLORS)), rng.choice(SHAPES)) for c in cells
-    ]
+    return [ShapeObject(POSITIONS[c], rng.choice(SIZES), rng.choice(list(COLORS)), rng.choice(SHAPES)) for c in cells]
 
 
 def render(objects: list[ShapeObject]) -> Image.Image:
@@ -89,19 +87,33 @@ def render(objects: list[ShapeObject]) -> Image.Image:
     for obj in objects:
         row, col = divmod(POSITIONS.index(obj.position), GRID)
         cx, cy = col * CELL + CELL // 2, row * CELL + CELL // 2
-        r = 11 if obj.size == "big" else 6
-        fill = COLORS[obj.color]
-        box = (cx - r, cy - r, cx + r, cy + r)
+        r = 12 if obj.size == "big" else 6
+        # A black outline draws every shape's mask the same way in all colour channels, so a
+        # tiny vision tower reads shape and size linearly whatever the object's colour.
+        style = dict(fill=COLORS[obj.color], outline=(0, 0, 0), width=2)
         if obj.shape == "circle":
-            draw.ellipse(box, fill=fill)
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), **style)
         elif obj.shape == "square":
-            draw.rectangle(box, fill=fill)
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), **style)
         elif obj.shape == "triangle":
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], **style)
         else:
-            w = max(2, r // 2)
-            draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
-            draw.rectangle((cx - r, cy - w, cx + r, cy + w), fill=fill)
+            w = max(2, r // 3)
+            arm = [
+                (-w, -r),
+                (w, -r),
+                (w, -w),
+                (r, -w),
+                (r, w),
+                (w, w),
+                (w, r),
+                (-w, r),
+                (-w, w),
+                (-r, w),
+                (-r, -w),
+                (-w, -w),
+            ]
+            draw.polygon([(cx + x, cy + y) for x, y in arm], **style)
     return image
 
 
@@ -201,10 +213,11 @@ def answer_from_objects(question: str, options: list[str], objects: list[ShapeOb
 
 
 def partial_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> list[str]:
-    """`n` captions that each mention a random non-empty subset of the objects."""
+    """`n` captions that each mention a random non-empty subset of at most half the objects
+    (rounded up), so a captioner trained on them leaves room for RL to teach completeness."""
     out = []
     for _ in range(n):
-        k = rng.randint(1, len(objects))
+        k = rng.randint(1, (len(objects) + 1) // 2)
         out.append(caption(rng.sample(objects, k)))
     return out
 
@@ -231,7 +244,10 @@ def make_scene_record(
 def vocabulary() -> list[str]:
     """Every word ShapesWorld captions and questions use."""
     words = set(SHAPES) | set(COLORS) | set(SIZES) | set(POSITIONS) | set(NUMBERS)
-    for template in (caption([ShapeObject("top", "big", "red", "circle")]), *(p.pattern for p in _QUESTION_RES.values())):
+    for template in (
+        caption([ShapeObject("top", "big", "red", "circle")]),
+        *(p.pattern for p in _QUESTION_RES.values()),
+    ):
         words |= {w for w in template.replace("\\", "").split() if re.fullmatch(r"[a-z.?,:-]+", w)}
     return sorted(words)
 

@@ -192,7 +192,13 @@ class VLMAdapter:
 
     def _suppressed(self) -> list[int]:
         ids = {self.pad_id, self.tokenizer.bos_token_id, self.tokenizer.unk_token_id}
-        for name in ("image_token_id", "video_token_id", "image_token_index", "vision_start_token_id", "vision_end_token_id"):
+        for name in (
+            "image_token_id",
+            "video_token_id",
+            "image_token_index",
+            "vision_start_token_id",
+            "vision_end_token_id",
+        ):
             ids.add(getattr(self.model.config, name, None))
         ids.discard(self.eos_id)
         ids.discard(None)

@@ -69,7 +69,9 @@ def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTo
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
-def load_policy(model: str, init_from: str | None = None, dtype: str = "float32", trust_remote_code: bool = False) -> VLMAdapter:
+def load_policy(
+    model: str, init_from: str | None = None, dtype: str = "float32", trust_remote_code: bool = False
+) -> VLMAdapter:
     """The stage-chaining rule: `init_from` supplies weights only, never optimizer state or
     hyper-parameters. It is a `save_pretrained` export directory (used as the model) or a
     Lightning `.ckpt`, whose `policy.*` weights are loaded into `model`."""

@@ -38,8 +38,12 @@ _CHAT_TEMPLATE = (
 _IMAGE_MARKUP = {"qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image> ", "qwen2": ""}
 
 _TEXT = {  # decoder sizes; "small" matches the model of the TRL GRPO anchor
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4),
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "small": dict(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
+    ),
 }
 _VISION = {
     "tiny": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4),
@@ -50,7 +54,11 @@ _VISION = {
 def vocabulary() -> list[str]:
     """Special tokens, then every word of ShapesWorld, the prompts and the option letters."""
     words = set(shapes.vocabulary())
-    probe = prompts.reader_question("caption", "question", ["option"]) + prompts.ANSWER_PREFIX + prompts.DEFAULT_CAPTION_PROMPT
+    probe = (
+        prompts.reader_question("caption", "question", ["option"])
+        + prompts.ANSWER_PREFIX
+        + prompts.DEFAULT_CAPTION_PROMPT
+    )
     words |= set(probe.split())
     words |= set(LETTERS[:8]) | {"user", "assistant", "system"}
     return SPECIAL_TOKENS + sorted(words)
@@ -103,12 +111,22 @@ def _qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, size: Size):
     head_dim = _TEXT[size]["hidden_size"] // _TEXT[size]["num_attention_heads"]
     half = head_dim // 2  # mrope sections (temporal, height, width) split the rotary half-dim
     config = Qwen2_5_VLConfig(
-        text_config=dict(_text_kwargs(tokenizer, size), rope_parameters={
-            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [half - 2 * (half // 3), half // 3, half // 3],
-        }),
+        text_config=dict(
+            _text_kwargs(tokenizer, size),
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [half - 2 * (half // 3), half // 3, half // 3],
+            },
+        ),
         vision_config=dict(
-            _VISION[size], out_hidden_size=_TEXT[size]["hidden_size"], patch_size=14, spatial_merge_size=2,
-            temporal_patch_size=2, window_size=112, fullatt_block_indexes=[_VISION[size]["depth"] - 1],
+            _VISION[size],
+            out_hidden_size=_TEXT[size]["hidden_size"],
+            patch_size=shapes.CELL,
+            spatial_merge_size=1,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[_VISION[size]["depth"] - 1],
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
@@ -116,8 +134,13 @@ def _qwen2_5_vl(tokenizer: PreTrainedTokenizerFast, size: Size):
         vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
         tie_word_embeddings=True,
     )
-    pixels = shapes.IMAGE_SIZE**2  # keep ShapesWorld images at their size: one token per grid cell
-    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels)
+    # One 28x28 patch, and so one image token, per ShapesWorld grid cell: a single patch sees a
+    # whole object, so its shape is a linear template of the patch (with 14-pixel patches merged
+    # 2x2, a tiny tower needed far longer to tell shapes apart). Images keep their size.
+    pixels = shapes.IMAGE_SIZE**2
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=pixels, max_pixels=pixels, patch_size=shapes.CELL, merge_size=1, temporal_patch_size=2
+    )
     processor = Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -139,8 +162,11 @@ def _llava(tokenizer: PreTrainedTokenizerFast, size: Size):
 
     patch = shapes.CELL  # one patch per grid cell
     vision = CLIPVisionConfig(
-        image_size=shapes.IMAGE_SIZE, patch_size=patch, hidden_size=_VISION[size]["hidden_size"],
-        intermediate_size=_VISION[size]["intermediate_size"], num_hidden_layers=_VISION[size]["depth"],
+        image_size=shapes.IMAGE_SIZE,
+        patch_size=patch,
+        hidden_size=_VISION[size]["hidden_size"],
+        intermediate_size=_VISION[size]["intermediate_size"],
+        num_hidden_layers=_VISION[size]["depth"],
         num_attention_heads=_VISION[size]["num_heads"],
     )
     config = LlavaConfig(
@@ -155,9 +181,13 @@ def _llava(tokenizer: PreTrainedTokenizerFast, size: Size):
     side = {"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE}
     image_processor = CLIPImageProcessor(size={"shortest_edge": shapes.IMAGE_SIZE}, crop_size=side)
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=tokenizer.chat_template, image_token="<image>",
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template,
+        image_token="<image>",
     )
     return LlavaForConditionalGeneration(config), processor
 

@@ -7,7 +7,7 @@ import torch
 
 from lit_caprl.models.adapter import Completions, PromptBatch
 from lit_caprl.models.loading import load_policy
-from lit_caprl.stages.optim import adamw_cosine
+from lit_caprl.stages.optim import adamw_schedule
 
 
 class SFTStage(L.LightningModule):
@@ -41,7 +41,10 @@ class SFTStage(L.LightningModule):
     def encode(self, batch: dict) -> tuple[PromptBatch, Completions]:
         images = batch["image"]
         with_image = images[0] is not None
-        texts = [self.adapter.chat(p, with_image, prefill) for p, prefill in zip(batch["prompt"], batch["prefill"], strict=True)]
+        texts = [
+            self.adapter.chat(p, with_image, prefill)
+            for p, prefill in zip(batch["prompt"], batch["prefill"], strict=True)
+        ]
         prompts = self.adapter.encode_prompts(texts, images if with_image else None)
         return prompts.to(self.device), self.adapter.encode_completions(batch["target"]).to(self.device)
 
@@ -61,7 +64,9 @@ class SFTStage(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        return adamw_cosine(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, self.trainer.estimated_stepping_batches)
+        return adamw_schedule(
+            self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, self.trainer.estimated_stepping_batches
+        )
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm

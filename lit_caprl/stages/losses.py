@@ -1,0 +1,117 @@
+"""The RL math as plain tensor functions: advantages, clipped surrogate, KL, aggregation.
+
+No Lightning, no models. Shapes: rewards are [B, G] (B prompts, G completions each);
+per-token tensors are [N, L] with N = B*G sequences and a 0/1 `mask` over real tokens.
+Formulas follow the GRPO / DAPO / Dr. GRPO papers and TRL's `loss_type` names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+ScaleRewards = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+
+
+def group_advantages(
+    rewards: Tensor, scale: ScaleRewards = "group", estimator: Literal["grpo", "rloo"] = "grpo", eps: float = 1e-4
+) -> Tensor:
+    """Advantage of each completion against the others of its prompt, shape [B, G].
+
+    grpo: r - mean(group), divided by the group std ("group"), the whole batch's std ("batch",
+    as Dr. GRPO / TRL's scale_rewards="batch") or not at all ("none").
+    rloo: r - mean(the other G-1 rewards of the group) (leave-one-out baseline), then scaled alike.
+    A group whose rewards are all equal gets zero advantage, never NaN.
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [prompts, G>=2], got {tuple(rewards.shape)}")
+    g = rewards.shape[1]
+    mean = rewards.mean(dim=1, keepdim=True)
+    centred = rewards - mean
+    if estimator == "rloo":
+        centred = centred * g / (g - 1)  # r - (sum - r)/(G-1) == (r - mean) * G/(G-1)
+    if scale == "group":
+        return centred / (rewards.std(dim=1, keepdim=True) + eps)
+    if scale == "batch":
+        return centred / (rewards.std() + eps)
+    return centred
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref - logp; always >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def clipped_surrogate(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, eps_low: float, eps_high: float
+) -> tuple[Tensor, Tensor]:
+    """Per-token PPO loss -min(ratio*A, clip(ratio, 1-eps_low, 1+eps_high)*A) and where clipping bit.
+
+    `advantages` is per sequence [N] (broadcast over tokens). With old_logp == logp.detach()
+    (one inner epoch) the ratio is exactly 1 and the gradient is the plain policy gradient.
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
+
+
+def aggregate(per_token: Tensor, mask: Tensor, loss_type: LossType, max_completion_length: int | None = None,
+              num_tokens: float | None = None) -> Tensor:  # fmt: skip
+    """Reduce a per-token loss to a scalar, as each method defines it.
+
+    grpo:    mean over each sequence's tokens, then over sequences (long answers weigh less per token).
+    bnpo:    sum over tokens / tokens in this batch.
+    dr_grpo: sum over tokens / (sequences * max_completion_length), a constant: no length bias.
+    dapo:    sum over tokens / `num_tokens`, the token count of the whole global batch (all ranks and
+             micro-batches of the step), so every token weighs the same however the batch is split.
+    """
+    mask = mask.to(per_token.dtype)
+    total = (per_token * mask).sum()
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if loss_type == "bnpo":
+        return total / mask.sum().clamp(min=1)
+    if loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("dr_grpo needs max_completion_length")
+        return total / (per_token.shape[0] * max_completion_length)
+    if loss_type == "dapo":
+        return total / (num_tokens if num_tokens is not None else mask.sum().clamp(min=1))
+    raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    ref_logp: Tensor | None = None,
+    beta: float = 0.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    loss_type: LossType = "dapo",
+    max_completion_length: int | None = None,
+    num_tokens: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The GRPO objective and its diagnostics (clip fraction, mean KL) over masked tokens."""
+    per_token, clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    metrics = {}
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs reference log-probs")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl
+        metrics["kl"] = masked_mean(kl.detach(), mask)
+    metrics["clip_fraction"] = masked_mean(clipped, mask)
+    return aggregate(per_token, mask, loss_type, max_completion_length, num_tokens), metrics
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
