@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
@@ -36,7 +37,7 @@ def _make_tiny(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="lit-caprl make-tiny", description="Build and save a tiny random-init model.")
     p.add_argument("--family", required=True, choices=["qwen2_5_vl", "llava", "qwen2"])
-    p.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "mini", "small"])
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -86,18 +87,28 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--policy", help="captioner export: greedy captions -> object precision/recall")
     p.add_argument("--reader", help="reader export: accuracy on (caption, question) pairs")
     p.add_argument("--n", type=int, default=300, help="records to evaluate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (MCQ draws)")
+    p.add_argument("--out", help="also write the result as JSON here")
     a = p.parse_args(argv)
-    records, _ = load_records(a.data)
-    records = evaluate.sample_records(records, a.n, a.seed)
+    records = evaluate.sample_records(load_records(a.data)[0], a.n, seed=0)
     result: dict = {"n": len(records)}
+    captions = None
     if a.policy:
         captions = evaluate.generate_captions(load_model(a.policy), records)
-        result["captions"] = evaluate.caption_fidelity(captions, records)
+        result["policy"] = evaluate.caption_fidelity(captions, records)
         result["examples"] = captions[:3]
     if a.reader:
-        result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records, a.seed)
+        result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records)
+        judge = evaluate.utility_judge(a.reader)
+        gold = [r.captions[0] for r in records]
+        result["utility"] = {"gold": evaluate.caption_utility(judge, gold, records, a.seeds)}
+        result["utility"]["empty"] = evaluate.caption_utility(judge, [""] * len(records), records, a.seeds)
+        if captions is not None:
+            result["utility"]["policy"] = evaluate.caption_utility(judge, captions, records, a.seeds)
     print(json.dumps(result, indent=2))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=2))
     return 0
 
 

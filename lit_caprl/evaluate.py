@@ -14,6 +14,7 @@ from lit_caprl.data import prompts, shapes
 from lit_caprl.data.datamodules import reader_examples
 from lit_caprl.data.schema import LETTERS, Record
 from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.rewards.caprl_qa import CapRLQAReward
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -89,6 +90,21 @@ def reader_accuracy(reader: VLMAdapter, records: list[Record], seed: int = 0) ->
     correct = [p == e["target"] for p, e in zip(picks, examples, strict=True)]
     cannot = [c for c, e, n in zip(correct, examples, n_opts, strict=True) if e["target"] == LETTERS[n - 1]]
     return {"accuracy": sum(correct) / len(correct), "cannot_answer_accuracy": sum(cannot) / max(len(cannot), 1)}
+
+
+def utility_judge(reader: str) -> CapRLQAReward:
+    """The reader as an evaluator: 8 seeded MCQ draws per image, scored by argmax (right or wrong)."""
+    return CapRLQAReward(reader, num_draws=8, mode="logprob", score="argmax", rotations=False)
+
+
+def caption_utility(judge: CapRLQAReward, captions: list[str], records: list[Record], seeds=(0, 1, 2)) -> float:
+    """Prism-style utility: the share of each image's MCQs the reader answers right from the caption
+    alone, averaged over the draws of each evaluation seed."""
+    scores = []
+    for seed in seeds:
+        judge.seed = seed
+        scores.append(float(judge(captions, records).rewards.mean()))
+    return sum(scores) / len(scores)
 
 
 def sample_records(records: list[Record], n: int, seed: int) -> list[Record]:

@@ -1,3 +1,3 @@
-from lit_caprl.data.datamodules import CaptionData, ShapesCaptionData, ShapesReaderData
+from lit_caprl.data.datamodules import CaptionData, PromptData, ShapesCaptionData, ShapesPromptData, ShapesReaderData
 
-__all__ = ["CaptionData", "ShapesCaptionData", "ShapesReaderData"]
+__all__ = ["CaptionData", "PromptData", "ShapesCaptionData", "ShapesPromptData", "ShapesReaderData"]

@@ -19,6 +19,12 @@ from lit_caprl.data import prompts, shapes
 from lit_caprl.data.schema import LETTERS, Record, load_records
 
 
+def _write_shapes_once(root: Path, n_train: int, n_val: int, seed: int) -> None:
+    """Like `download=True`: write the ShapesWorld set if `root` is missing, else use it as is."""
+    if not root.exists():
+        shapes.write_dataset(root, n_train, n_val, seed)
+
+
 def collate(examples: list[dict]) -> dict[str, list]:
     """Column-wise lists; images stay PIL until the stage's processor sees them."""
     return {k: [e[k] for e in examples] for k in examples[0]}
@@ -107,8 +113,7 @@ class ShapesCaptionData(CaptionData):
         self.root, self.n_train, self.n_val, self.seed, self.which = Path(root), n_train, n_val, seed, targets
 
     def prepare_data(self) -> None:
-        if not self.root.exists():
-            shapes.write_dataset(self.root, self.n_train, self.n_val, self.seed)
+        _write_shapes_once(self.root, self.n_train, self.n_val, self.seed)
 
     def targets(self, record: Record) -> list[str]:
         partial = record.meta.get("partial_captions", [])
@@ -158,11 +163,52 @@ class ShapesReaderData(_Base):
         self.root, self.n_train, self.n_val, self.seed = Path(root), n_train, n_val, seed
 
     def prepare_data(self) -> None:
-        if not self.root.exists():
-            shapes.write_dataset(self.root, self.n_train, self.n_val, self.seed)
+        _write_shapes_once(self.root, self.n_train, self.n_val, self.seed)
 
     def setup(self, stage: str | None = None) -> None:
         train, _ = load_records(self.root / "train.jsonl")
         val, _ = load_records(self.root / "val.jsonl")
         self.train_set = ListDataset(reader_examples(train, self.seed), dict)
         self.val_set = ListDataset(reader_examples(val, self.seed + 1), dict)
+
+
+class PromptData(_Base):
+    """Images to caption for RL, from JSONL files: examples carry the record (its MCQs feed the reward)."""
+
+    def __init__(
+        self,
+        train_file: str,
+        val_file: str,
+        prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
+        batch_size: int = 16,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        self.train_file, self.val_file, self.prompt = train_file, val_file, prompt
+
+    def _example(self, record: Record) -> dict:
+        return {"image": record.load_image(), "prompt": self.prompt, "record": record}
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = ListDataset(load_records(self.train_file)[0], self._example)
+        self.val_set = ListDataset(load_records(self.val_file)[0], self._example)
+
+
+class ShapesPromptData(PromptData):
+    """ShapesWorld images and MCQs for RL; the data set is written on first use."""
+
+    def __init__(
+        self,
+        root: str = "runs/data/shapes",
+        n_train: int = 4000,
+        n_val: int = 500,
+        seed: int = 0,
+        prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
+        batch_size: int = 16,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
+        self.root, self.n_train, self.n_val, self.seed = Path(root), n_train, n_val, seed
+
+    def prepare_data(self) -> None:
+        _write_shapes_once(self.root, self.n_train, self.n_val, self.seed)

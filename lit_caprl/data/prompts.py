@@ -24,6 +24,10 @@ def shown_options(options: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def reader_question(caption: str, question: str, options: list[str] | tuple[str, ...]) -> str:
-    """The user turn: instruction, caption, question and lettered options (with "cannot answer")."""
-    lettered = " ".join(f"{LETTERS[i]} : {o} ." for i, o in enumerate(shown_options(options)))
-    return f"{INSTRUCTION} caption : {caption} question : {question} options : {lettered}"
+    """The user turn: instruction, question, lettered options (with "cannot answer"), then the caption.
+
+    The layout is chosen for small readers: each option's letter directly follows its text
+    ("blue B"), so naming the answer and copying the letter after it is one induction step,
+    and the caption comes last, so every caption token can already see what is asked."""
+    lettered = " , ".join(f"{o} {LETTERS[i]}" for i, o in enumerate(shown_options(options)))
+    return f"{INSTRUCTION} question : {question} options : {lettered} . caption : {caption}"

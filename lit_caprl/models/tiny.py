@@ -21,7 +21,7 @@ from lit_caprl.data import prompts, shapes
 from lit_caprl.data.schema import LETTERS
 
 Family = Literal["qwen2_5_vl", "llava", "qwen2"]
-Size = Literal["tiny", "small"]
+Size = Literal["tiny", "mini", "small"]
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -41,12 +41,18 @@ _TEXT = {  # decoder sizes; "small" matches the model of the TRL GRPO anchor
     "tiny": dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
     ),
+    # "mini" is "tiny" made deeper: a reader's multi-hop lookup (question -> caption -> option
+    # letter) needs layers more than width.
+    "mini": dict(
+        hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8
+    ),
     "small": dict(
         hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
     ),
 }
 _VISION = {
     "tiny": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4),
+    "mini": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4),
     "small": dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4),
 }
 

@@ -1,3 +1,4 @@
+from lit_caprl.stages.grpo import GRPOStage
 from lit_caprl.stages.sft import SFTStage
 
-__all__ = ["SFTStage"]
+__all__ = ["GRPOStage", "SFTStage"]

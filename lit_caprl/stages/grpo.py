@@ -83,6 +83,17 @@ class GRPOStage(L.LightningModule):
                 chunks.append(F.pad(lp, (0, width - lp.shape[1])))
         return torch.cat(chunks)
 
+    def on_train_epoch_start(self) -> None:
+        """Lightning sets every submodule to train mode at the start of training; the reward
+        and reference models are instruments and stay in eval mode."""
+        self.reward.eval()
+        if self.ref is not None:
+            self.ref.eval()
+
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        """Batches hold PIL images and records; the rollout encodes and places tensors itself."""
+        return batch
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         if "rollout" not in batch:
             raise RuntimeError("GRPOStage needs lit_caprl.callbacks.RolloutCallback in trainer.callbacks")

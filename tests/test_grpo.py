@@ -1,0 +1,42 @@
+"""GRPO end to end on tiny models: the policy moves, the reader and the reference do not."""
+
+import lightning as L
+import torch
+
+from lit_caprl.callbacks import RewardLoggingCallback, RolloutCallback
+from lit_caprl.data import ShapesPromptData
+from lit_caprl.rewards import CapRLQAReward
+from lit_caprl.stages import GRPOStage
+
+
+def _trainer(tmp_path, steps: int, callbacks) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, default_root_dir=tmp_path, callbacks=callbacks,
+    )  # fmt: skip
+
+
+def test_one_grpo_step_moves_policy_only(tiny_models, shapes_root, tmp_path):
+    L.seed_everything(0)
+    reward = CapRLQAReward(tiny_models["qwen2"], num_draws=2)
+    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, lr=1e-2, beta=0.04, mu=2, micro_batch_size=4)
+    policy0 = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    reader0 = {n: p.detach().clone() for n, p in module.reward.named_parameters()}
+    ref0 = {n: p.detach().clone() for n, p in module.ref.named_parameters()}
+    assert all(not p.requires_grad for p in module.reward.parameters())
+    trainer = _trainer(tmp_path, 1, [RolloutCallback(num_generations=4, max_new_tokens=8), RewardLoggingCallback()])
+    trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not any(id(p) in optimized for p in module.reward.parameters())
+    assert not any(id(p) in optimized for p in module.ref.parameters())
+    moved = [n for n, p in module.policy.named_parameters() if not torch.equal(p, policy0[n])]
+    assert len(moved) > 0.9 * len(policy0)
+    assert all(torch.equal(p, reader0[n]) for n, p in module.reward.named_parameters())
+    assert all(torch.equal(p, ref0[n]) for n, p in module.ref.named_parameters())
+    assert not module.reward.training and not module.ref.training
+    assert module.rollout_step == 1
+    logged = trainer.callback_metrics
+    for key in ("train/reward", "reward/caprl_qa/mean", "reward/frac_zero_std_groups", "completions/mean_length",
+                "completions/truncated_ratio", "train/clip_fraction", "train/kl"):  # fmt: skip
+        assert key in logged, key
