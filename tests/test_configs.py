@@ -21,20 +21,21 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])
 def test_config_parses(config):
-    cli = ParseOnlyCLI(args=["fit", "-c", str(config)], run=False)
-    assert cli.config.fit.model.class_path.startswith("lit_caprl.")
+    cli = ParseOnlyCLI(args=["-c", str(config)], run=False)
+    assert cli.config.model.class_path.startswith("lit_caprl.")
 
 
 def test_several_configs_merge_and_interpolate(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text(
-        "model:\n  init_args:\n    lr: 0.123\ntrainer:\n  default_root_dir: ${model.init_args.model}-out\n"
+        "model:\n  init_args:\n    lr: 0.123\n"
+        "data:\n  init_args:\n    root: /tmp/shapes-x\n"
+        "trainer:\n  default_root_dir: ${data.init_args.root}-out\n"
     )
-    cli = ParseOnlyCLI(
-        args=["fit", "-c", str(ROOT / "experiments/shapes/captioner_sft.yaml"), "-c", str(extra)], run=False
-    )
-    assert cli.config.fit.model.init_args.lr == 0.123
-    assert cli.config.fit.trainer.default_root_dir == cli.config.fit.model.init_args.model + "-out"
+    cli = ParseOnlyCLI(args=["-c", str(ROOT / "experiments/shapes/captioner_sft.yaml"), "-c", str(extra)], run=False)
+    assert cli.config.model.init_args.lr == 0.123
+    assert cli.config.model.init_args.warmup_steps == 30  # kept from the first file
+    assert cli.config.trainer.default_root_dir == "/tmp/shapes-x-out"
 
 
 def test_cli_fit_runs_the_captioner_config(tiny_models, shapes_root, tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
-"""DataModules. Each yields plain examples `{"image", "prompt", "prefill", "target"}`;
-the stage renders them through its model's chat template (see `models/adapter.py`),
-so the data path knows nothing about tokenizers.
+"""DataModules. They yield plain examples: `{"image", "prompt", "prefill", "target"}` for SFT,
+`{"image", "prompt", "record"}` for RL. The stage renders them through its model's chat
+template (see `models/adapter.py`), so the data path knows nothing about tokenizers.
 
 The ShapesWorld modules write their data in `prepare_data` when `root` is missing,
 like `download=True` elsewhere.
@@ -9,8 +9,9 @@ like `download=True` elsewhere.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
@@ -31,7 +32,9 @@ def collate(examples: list[dict]) -> dict[str, list]:
 
 
 class ListDataset(Dataset):
-    def __init__(self, items: list, make: callable) -> None:
+    """Items turned into examples on access (images are read lazily, in the loader's workers)."""
+
+    def __init__(self, items: list, make: Callable[[Any], dict]) -> None:
         self.items, self.make = items, make
 
     def __len__(self) -> int:
