@@ -1,0 +1,84 @@
+"""CapRLQAReward throughput and noise: `logprob` mode against CapRL's `sample` mode, side by side.
+
+Both modes score the same captions with the same seeded question draws. Throughput is
+reader questions (draws) scored per second; noise is the std of each caption's reward
+across repeated calls, averaged over captions.
+
+    python benchmarks/reader_reward.py [--reader DIR] [--data FILE.jsonl] [--quick]
+
+Without --reader/--data it builds a tiny reader and a small ShapesWorld set in a temp dir.
+Writes benchmarks/results/reader_reward.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lit_caprl.data import shapes
+from lit_caprl.data.schema import load_records
+from lit_caprl.models.tiny import make_tiny
+from lit_caprl.rewards import CapRLQAReward
+
+
+def measure(reward: CapRLQAReward, captions: list[str], records: list, repeats: int) -> tuple[float, float]:
+    """(questions per second, mean per-caption std over `repeats` calls)."""
+    reward(captions[:4], records[:4])  # warm-up
+    runs, seconds = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runs.append(reward(captions, records).rewards)
+        seconds.append(time.perf_counter() - start)
+    qps = len(captions) * reward.num_draws / statistics.median(seconds)
+    return qps, float(torch.stack(runs).std(dim=0).mean())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reader")
+    p.add_argument("--data")
+    p.add_argument("--captions", type=int, default=64)
+    p.add_argument("--draws", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="a few captions, two repeats: checks that it runs")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "reader_reward.json"))
+    a = p.parse_args()
+    if a.quick:
+        a.captions, a.repeats = 8, 2
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        reader = a.reader or str(make_tiny("qwen2", "tiny", Path(tmp) / "reader"))
+        data = a.data or str(shapes.write_dataset(Path(tmp) / "shapes", a.captions, 1, seed=0) / "train.jsonl")
+        records = load_records(data)[0][: a.captions]
+        captions = [r.captions[0] for r in records]
+        common = dict(reader=reader, num_draws=a.draws, seed=0)
+        logprob = CapRLQAReward(mode="logprob", score="prob", rotations=False, **common)
+        sample = CapRLQAReward(mode="sample", temperature=0.6, max_new_tokens=10, **common)
+        lp_qps, lp_std = measure(logprob, captions, records, a.repeats)
+        s_qps, s_std = measure(sample, captions, records, a.repeats)
+    result = {
+        "reader": a.reader or "tiny random-init qwen2 (built here)",
+        "captions": len(captions),
+        "draws_per_caption": a.draws,
+        "repeats": a.repeats,
+        "logprob_qps": lp_qps,
+        "sample_qps": s_qps,
+        "ratio": lp_qps / s_qps,
+        "logprob_std": lp_std,
+        "sample_std": s_std,
+    }
+    print(f"logprob: {lp_qps:8.1f} questions/s   reward std across calls {lp_std:.4f}")
+    print(f"sample:  {s_qps:8.1f} questions/s   reward std across calls {s_std:.4f}")
+    print(f"ratio logprob/sample: {lp_qps / s_qps:.2f}x")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Benchmarks are not tests: this only checks that each one runs in --quick mode."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_reader_reward_benchmark_quick(tmp_path):
+    out = tmp_path / "rr.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/reader_reward.py"), "--quick", "--out", str(out)],
+                   check=True, timeout=300)  # fmt: skip
+    result = json.loads(out.read_text())
+    assert {"logprob_qps", "sample_qps", "ratio", "logprob_std", "sample_std"} <= result.keys()
+    assert result["logprob_std"] == 0.0
