@@ -14,7 +14,7 @@ from lit_caprl.data import prompts, shapes
 from lit_caprl.data.datamodules import reader_examples
 from lit_caprl.data.schema import LETTERS, Record
 from lit_caprl.models.adapter import VLMAdapter
-from lit_caprl.rewards.caprl_qa import CapRLQAReward
+from lit_caprl.rewards.caprl_qa import CapRLQAReward, letter_logits, option_letter_ids
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -66,18 +66,11 @@ def caption_fidelity(captions: list[str], records: list[Record]) -> dict[str, fl
     }
 
 
-@torch.no_grad()
 def letter_choices(reader: VLMAdapter, texts: list[str], n_options: list[int], batch_size: int = 128) -> list[str]:
     """The option letter each prompt's reader ranks highest at the answer position."""
     reader.model.eval()
-    letter_ids = reader.tokenizer.convert_tokens_to_ids(list(LETTERS[: max(n_options)]))
-    out = []
-    for chunk, ns in zip(_chunks(texts, batch_size), _chunks(n_options, batch_size), strict=True):
-        batch = reader.encode_prompts(chunk).to(reader.model.device)
-        logits = reader.next_token_logits(batch)[:, letter_ids]
-        for row, n in zip(logits, ns, strict=True):
-            out.append(LETTERS[int(row[:n].argmax())])
-    return out
+    ids = option_letter_ids(reader.tokenizer, reader.model.name_or_path, max(n_options))
+    return [LETTERS[int(i)] for i in letter_logits(reader, ids, texts, n_options, batch_size).argmax(-1)]
 
 
 def reader_accuracy(reader: VLMAdapter, records: list[Record], seed: int = 0) -> dict[str, float]:

@@ -50,8 +50,11 @@ def test_logprob_mode_is_deterministic_and_sample_mode_is_not(tiny_models, recor
     torch.manual_seed(0)
     captions, recs = [r.captions[0] for r in records[:6]], records[:6]
     exact = CapRLQAReward(tiny_models["qwen2"], num_draws=4, mode="logprob")
-    first, second = exact(captions, recs).rewards, exact(captions, recs).rewards
+    out = exact(captions, recs)
+    first, second = out.rewards, exact(captions, recs).rewards
     assert torch.equal(first, second) and ((first > 0) & (first < 1)).all()
+    assert len(out.details[0]["questions"]) == 4 * 4  # 4 draws x 4 cyclic rotations
+    assert sum(out.details[0]["scores"]) / 16 == pytest.approx(float(first[0]), abs=1e-6)
     sampled = CapRLQAReward(tiny_models["qwen2"], num_draws=4, mode="sample", temperature=1.0)
     runs = torch.stack([sampled(captions, recs).rewards for _ in range(5)])
     assert runs.std(dim=0).sum() > 0
@@ -66,3 +69,18 @@ def test_rotations_average_over_every_cyclic_order(tiny_models, records):
     reward._score_logprob = lambda texts, correct, n: calls.append(sorted(correct)) or original(texts, correct, n)
     reward([records[0].captions[0]], records[:1])
     assert calls == [[0, 1, 2, 3]]
+
+
+def test_reader_without_single_token_letters_is_a_clear_error():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from lit_caprl.rewards.caprl_qa import option_letter_ids
+
+    words = ["[UNK]", "the", "answer", "is", "A", "B"]  # no C..H
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    assert option_letter_ids(fast, "r", n=2) == [4, 5]
+    with pytest.raises(ValueError, match="reader 'my/reader': option letter 'C' is not a single token"):
+        option_letter_ids(fast, "my/reader", n=5)

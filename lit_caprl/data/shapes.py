@@ -87,7 +87,7 @@ def render(objects: list[ShapeObject]) -> Image.Image:
     for obj in objects:
         row, col = divmod(POSITIONS.index(obj.position), GRID)
         cx, cy = col * CELL + CELL // 2, row * CELL + CELL // 2
-        r = 12 if obj.size == "big" else 6
+        r = 12 if obj.size == "big" else 8
         # A black outline draws every shape's mask the same way in all colour channels, so a
         # tiny vision tower reads shape and size linearly whatever the object's colour.
         style = dict(fill=COLORS[obj.color], outline=(0, 0, 0), width=2)
@@ -213,11 +213,12 @@ def answer_from_objects(question: str, options: list[str], objects: list[ShapeOb
 
 
 def partial_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> list[str]:
-    """`n` captions that each mention a random non-empty subset of at most half the objects
-    (rounded up), so a captioner trained on them leaves room for RL to teach completeness."""
+    """`n` captions that each mention a random non-empty subset of the objects (size uniform
+    in 1..all). Subsets of at most half the objects were tried: the tiny captioner then saw too
+    few objects per caption to learn shapes in 4 minutes (object precision 0.12-0.60 against 0.997)."""
     out = []
     for _ in range(n):
-        k = rng.randint(1, (len(objects) + 1) // 2)
+        k = rng.randint(1, len(objects))
         out.append(caption(rng.sample(objects, k)))
     return out
 

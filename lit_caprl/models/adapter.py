@@ -63,9 +63,7 @@ class VLMAdapter:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
-        self.family = model.config.model_type
-        self.is_vision = hasattr(model.config, "vision_config")
-        self.mrope = self.family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+        self.mrope = model.config.model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
 

@@ -22,9 +22,11 @@ import re
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from lit_caprl.data import prompts
 from lit_caprl.data.schema import LETTERS, MCQ, Record
+from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.models.loading import load_model
 from lit_caprl.rewards.base import FrozenReward, RewardOutput, freeze
 
@@ -64,21 +66,7 @@ class CapRLQAReward(FrozenReward):
         self.num_draws, self.mode, self.score, self.rotations = num_draws, mode, score, rotations
         self.temperature, self.max_new_tokens, self.scale = temperature, max_new_tokens, scale
         self.seed, self.batch_size = seed, batch_size
-        self.letter_ids = self._letter_ids(reader)
-
-    def _letter_ids(self, reader: str) -> list[int]:
-        tok = self.adapter.tokenizer
-        ids = []
-        for letter in LETTERS[:8]:
-            pieces = tok(f"{prompts.ANSWER_PREFIX} {letter}", add_special_tokens=False)["input_ids"]
-            prefix = tok(prompts.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
-            if pieces[: len(prefix)] != prefix or len(pieces) != len(prefix) + 1 or pieces[-1] == tok.unk_token_id:
-                raise ValueError(
-                    f"reader {reader!r}: option letter {letter!r} is not a single token after "
-                    f"{prompts.ANSWER_PREFIX!r}; the logprob mode needs one token per letter"
-                )
-            ids.append(pieces[-1])
-        return ids
+        self.letter_ids = option_letter_ids(self.adapter.tokenizer, reader)
 
     def draws(self, record: Record, step: int) -> list[tuple[MCQ, list[int]]]:
         """The (question, option order) pairs every caption of `record` is asked at `step`."""
@@ -92,7 +80,7 @@ class CapRLQAReward(FrozenReward):
     @torch.no_grad()
     def forward(self, captions: list[str], records: list[Record], step: int = 0) -> RewardOutput:
         # One reader prompt per (caption, draw, rotation); `owner` maps prompts back to captions.
-        texts, correct, n_shown, owner = [], [], [], []
+        texts, correct, n_shown, owner, asked = [], [], [], [], []
         for i, (cap, rec) in enumerate(zip(captions, records, strict=True)):
             for q, order in self.draws(rec, step):
                 rots = range(len(order)) if (self.rotations and self.mode == "logprob") else range(1)
@@ -107,6 +95,7 @@ class CapRLQAReward(FrozenReward):
                     correct.append(shown.index(LETTERS.index(q.answer)))
                     n_shown.append(len(options) + 1)
                     owner.append(i)
+                    asked.append(q.question)
         scores = (
             self._score_logprob(texts, correct, n_shown)
             if self.mode == "logprob"
@@ -116,27 +105,21 @@ class CapRLQAReward(FrozenReward):
         sums = torch.zeros(len(captions)).index_add_(0, owner_t, scores)
         counts = torch.zeros(len(captions)).index_add_(0, owner_t, torch.ones_like(scores))
         rewards = self.scale * sums / counts
-        details = [{"reader_accuracy": float(sums[i] / counts[i])} for i in range(len(captions))]
+        details = [{"questions": [], "scores": []} for _ in captions]
+        for i, q, score in zip(owner, asked, scores.tolist(), strict=True):
+            details[i]["questions"].append(q)
+            details[i]["scores"].append(score)
         return RewardOutput(rewards, {self.name: rewards}, details)
 
     def _batches(self, texts: list[str]):
-        for s in range(0, len(texts), self.batch_size):
-            yield s, self.adapter.encode_prompts(texts[s : s + self.batch_size]).to(self.reader.device)
+        yield from _prompt_batches(self.adapter, texts, self.batch_size)
 
     def _score_logprob(self, texts: list[str], correct: list[int], n_shown: list[int]) -> torch.Tensor:
-        out = torch.empty(len(texts))
-        n = max(n_shown)
-        for s, batch in self._batches(texts):
-            logits = self.adapter.next_token_logits(batch)[:, self.letter_ids[:n]]
-            k = len(batch)
-            valid = torch.arange(n)[None] < torch.tensor(n_shown[s : s + k])[:, None]
-            logits = logits.cpu().masked_fill(~valid, float("-inf"))
-            target = torch.tensor(correct[s : s + k])
-            if self.score == "prob":
-                out[s : s + k] = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
-            else:
-                out[s : s + k] = (logits.argmax(-1) == target).float()
-        return out
+        logits = letter_logits(self.adapter, self.letter_ids, texts, n_shown, self.batch_size)
+        target = torch.tensor(correct)
+        if self.score == "prob":
+            return logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+        return (logits.argmax(-1) == target).float()
 
     def _score_sample(self, texts: list[str], correct: list[int], n_shown: list[int]) -> torch.Tensor:
         out = torch.empty(len(texts))
@@ -146,6 +129,41 @@ class CapRLQAReward(FrozenReward):
                 letter = first_letter(answer, n_shown[s + j])
                 out[s + j] = float(letter is not None and LETTERS.index(letter) == correct[s + j])
         return out
+
+
+def option_letter_ids(tokenizer, reader: str, n: int = 8) -> list[int]:
+    """Token ids of the option letters A.. as the reader would write them after the answer prefix;
+    an error names the reader if a letter is not exactly one known token."""
+    prefix = tokenizer(prompts.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
+    ids = []
+    for letter in LETTERS[:n]:
+        pieces = tokenizer(f"{prompts.ANSWER_PREFIX} {letter}", add_special_tokens=False)["input_ids"]
+        if pieces[: len(prefix)] != prefix or len(pieces) != len(prefix) + 1 or pieces[-1] == tokenizer.unk_token_id:
+            raise ValueError(
+                f"reader {reader!r}: option letter {letter!r} is not a single token after "
+                f"{prompts.ANSWER_PREFIX!r}; the logprob mode needs one token per letter"
+            )
+        ids.append(pieces[-1])
+    return ids
+
+
+def _prompt_batches(adapter: VLMAdapter, texts: list[str], batch_size: int):
+    for s in range(0, len(texts), batch_size):
+        yield s, adapter.encode_prompts(texts[s : s + batch_size]).to(adapter.model.device)
+
+
+@torch.no_grad()
+def letter_logits(
+    adapter: VLMAdapter, letter_ids: list[int], texts: list[str], n_shown: list[int], batch_size: int
+) -> Tensor:
+    """The reader's logits over the option letters at the answer position, [N, max options];
+    letters beyond a prompt's own options are -inf."""
+    n = max(n_shown)
+    out = torch.empty(len(texts), n)
+    for s, batch in _prompt_batches(adapter, texts, batch_size):
+        out[s : s + len(batch)] = adapter.next_token_logits(batch)[:, letter_ids[:n]].cpu()
+    valid = torch.arange(n)[None] < torch.tensor(n_shown)[:, None]
+    return out.masked_fill(~valid, float("-inf"))
 
 
 def first_letter(text: str, n_options: int) -> str | None:
