@@ -64,8 +64,8 @@ class _Base(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
 
-class CaptionData(_Base):
-    """Image -> caption SFT from JSONL files in the documented schema (targets: `captions`)."""
+class _FileData(_Base):
+    """Images from a train and a val JSONL file in the documented schema, asked `prompt`."""
 
     def __init__(
         self,
@@ -77,6 +77,10 @@ class CaptionData(_Base):
     ) -> None:
         super().__init__(batch_size, num_workers)
         self.train_file, self.val_file, self.prompt = train_file, val_file, prompt
+
+
+class CaptionData(_FileData):
+    """Image -> caption SFT (targets: each record's `captions`)."""
 
     def targets(self, record: Record) -> list[str]:
         return list(record.captions)
@@ -175,19 +179,8 @@ class ShapesReaderData(_Base):
         self.val_set = ListDataset(reader_examples(val, self.seed + 1), dict)
 
 
-class PromptData(_Base):
-    """Images to caption for RL, from JSONL files: examples carry the record (its MCQs feed the reward)."""
-
-    def __init__(
-        self,
-        train_file: str,
-        val_file: str,
-        prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
-        batch_size: int = 16,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(batch_size, num_workers)
-        self.train_file, self.val_file, self.prompt = train_file, val_file, prompt
+class PromptData(_FileData):
+    """Images to caption for RL: examples carry the record (its MCQs feed the reward)."""
 
     def _example(self, record: Record) -> dict:
         return {"image": record.load_image(), "prompt": self.prompt, "record": record}
