@@ -67,3 +67,20 @@ def test_vocabulary_covers_all_text(shapes_root):
     for e in reader_examples(records, seed=0)[:500]:
         ids = tok(e["prompt"] + " " + e["prefill"])["input_ids"]
         assert tok.unk_token_id not in ids, e["prompt"]
+
+
+def test_shapes_datamodules_write_data_on_first_use_only(tmp_path):
+    import lightning as L
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from lit_caprl.data import ShapesCaptionData, ShapesPromptData, ShapesReaderData
+
+    for cls in (ShapesCaptionData, ShapesReaderData, ShapesPromptData):
+        assert is_overridden("prepare_data", cls(str(tmp_path / "x")), L.LightningDataModule)
+    dm = ShapesCaptionData(str(tmp_path / "s"), n_train=6, n_val=2)
+    dm.prepare_data()
+    first = (tmp_path / "s" / "train.jsonl").stat().st_mtime_ns
+    dm.prepare_data()
+    assert (tmp_path / "s" / "train.jsonl").stat().st_mtime_ns == first
+    dm.setup()
+    assert len(dm.train_set) == 6 * 2  # two partial captions per scene

@@ -20,10 +20,16 @@ from lit_caprl.data import prompts, shapes
 from lit_caprl.data.schema import LETTERS, Record, load_records
 
 
-def _write_shapes_once(root: Path, n_train: int, n_val: int, seed: int) -> None:
-    """Like `download=True`: write the ShapesWorld set if `root` is missing, else use it as is."""
-    if not root.exists():
-        shapes.write_dataset(root, n_train, n_val, seed)
+class _ShapesSource:
+    """Mixin for ShapesWorld DataModules: the data set under `root`, written in `prepare_data`
+    if `root` is missing (like `download=True`), else used as it is."""
+
+    def _shapes(self, root: str, n_train: int, n_val: int, seed: int) -> None:
+        self.root, self.n_train, self.n_val, self.seed = Path(root), n_train, n_val, seed
+
+    def prepare_data(self) -> None:
+        if not self.root.exists():
+            shapes.write_dataset(self.root, self.n_train, self.n_val, self.seed)
 
 
 def collate(examples: list[dict]) -> dict[str, list]:
@@ -101,7 +107,7 @@ class CaptionData(_FileData):
         self.val_set = ListDataset(self._pairs(self.val_file), self._example)
 
 
-class ShapesCaptionData(CaptionData):
+class ShapesCaptionData(_ShapesSource, CaptionData):
     """ShapesWorld captions; `targets="partial"` trains on captions that mention a random
     subset of the objects (what the CapRL demo starts RL from), "gold" on dense captions."""
 
@@ -117,10 +123,8 @@ class ShapesCaptionData(CaptionData):
         num_workers: int = 0,
     ) -> None:
         super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
-        self.root, self.n_train, self.n_val, self.seed, self.which = Path(root), n_train, n_val, seed, targets
-
-    def prepare_data(self) -> None:
-        _write_shapes_once(self.root, self.n_train, self.n_val, self.seed)
+        self._shapes(root, n_train, n_val, seed)
+        self.which = targets
 
     def targets(self, record: Record) -> list[str]:
         partial = record.meta.get("partial_captions", [])
@@ -154,7 +158,7 @@ def reader_examples(records: list[Record], seed: int) -> list[dict]:
     return out
 
 
-class ShapesReaderData(_Base):
+class ShapesReaderData(_ShapesSource, _Base):
     """Text-only reader SFT on ShapesWorld: caption + MCQ -> option letter."""
 
     def __init__(
@@ -167,10 +171,7 @@ class ShapesReaderData(_Base):
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
-        self.root, self.n_train, self.n_val, self.seed = Path(root), n_train, n_val, seed
-
-    def prepare_data(self) -> None:
-        _write_shapes_once(self.root, self.n_train, self.n_val, self.seed)
+        self._shapes(root, n_train, n_val, seed)
 
     def setup(self, stage: str | None = None) -> None:
         train, _ = load_records(self.root / "train.jsonl")
@@ -190,8 +191,8 @@ class PromptData(_FileData):
         self.val_set = ListDataset(load_records(self.val_file)[0], self._example)
 
 
-class ShapesPromptData(PromptData):
-    """ShapesWorld images and MCQs for RL; the data set is written on first use."""
+class ShapesPromptData(_ShapesSource, PromptData):
+    """ShapesWorld images and MCQs for RL."""
 
     def __init__(
         self,
@@ -204,7 +205,4 @@ class ShapesPromptData(PromptData):
         num_workers: int = 0,
     ) -> None:
         super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
-        self.root, self.n_train, self.n_val, self.seed = Path(root), n_train, n_val, seed
-
-    def prepare_data(self) -> None:
-        _write_shapes_once(self.root, self.n_train, self.n_val, self.seed)
+        self._shapes(root, n_train, n_val, seed)
