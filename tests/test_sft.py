@@ -48,13 +48,24 @@ def test_sft_loss_falls_and_trainable_params_change(tiny_models, shapes_root, tm
     assert unchanged == []
 
 
-def test_completion_only_loss_ignores_the_prompt(tiny_models, shapes_root):
-    """Changing the prompt's tokens changes nothing that is scored except through context."""
+def test_loss_scores_only_target_and_eos(tiny_models):
+    """The SFT loss equals HF-style cross-entropy with every prompt position labelled -100."""
     module = SFTStage(tiny_models["qwen2"])
-    batch = {"image": [None], "prompt": ["what color is the object at top ?"], "prefill": [""], "target": ["red"]}
+    batch = {
+        "image": [None, None],
+        "prompt": ["what color is the object at top ?", "how many objects are there ?"],
+        "prefill": ["", "the answer is"],
+        "target": ["red", "at top is a big red circle ."],
+    }
     prompts, targets = module.encode(batch)
-    assert targets.mask.sum() == 2  # "red" + EOS
-    assert targets.ids[0, -1] == module.adapter.eos_id
+    assert targets.mask[0].sum() == 2 and targets.ids[0, 1] == module.adapter.eos_id  # "red" + EOS
+    kwargs = module.adapter._forward_kwargs(prompts, targets.ids, targets.mask)
+    labels = kwargs["input_ids"].clone()
+    labels[:, : prompts.input_ids.shape[1]] = -100
+    labels[torch.cat([prompts.attention_mask, targets.mask], dim=1) == 0] = -100
+    logits = module.policy(**kwargs).logits
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    torch.testing.assert_close(module.loss(batch), want, rtol=1e-5, atol=1e-6)
 
 
 def test_export_round_trips_with_identical_logits(tiny_models, shapes_root, tmp_path):
