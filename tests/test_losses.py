@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lit_caprl.stages.losses import aggregate, clipped_surrogate, group_advantages, grpo_loss, k3_kl
+from lit_caprl.stages.losses import aggregate, clipped_surrogate, dpo_loss, group_advantages, grpo_loss, k3_kl
 
 
 def test_group_advantages_hand_computed():
@@ -113,3 +113,43 @@ def test_loss_gradient_matches_finite_differences():
     adv = torch.randn(3, generator=g).double()
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     assert torch.autograd.gradcheck(lambda lp: grpo_loss(lp, old, adv, mask, ref, 0.1, 0.2, 0.2, "grpo")[0], (logp,))
+
+
+def _pairs(*rows: tuple[float, float, float, float]) -> list[torch.Tensor]:
+    return [torch.tensor(col) for col in zip(*rows, strict=True)]
+
+
+def test_dpo_losses_hand_computed():
+    # h = (chosen - rejected) - (ref_chosen - ref_rejected) = (-2 - -5) - (-3 - -4) = 2
+    pc, pr, rc, rr = _pairs((-2.0, -5.0, -3.0, -4.0))
+    beta = 0.5
+    sig, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, beta, "sigmoid")
+    assert sig.item() == pytest.approx(math.log(1 + math.exp(-1.0)))  # -log sigma(beta * h) = -log sigma(1)
+    assert chosen_r.item() == pytest.approx(0.5)  # beta * (-2 - -3)
+    assert rejected_r.item() == pytest.approx(-0.5)  # beta * (-5 - -4)
+    smooth, _, _ = dpo_loss(pc, pr, rc, rr, beta, "sigmoid", label_smoothing=0.1)
+    assert smooth.item() == pytest.approx(0.9 * math.log(1 + math.exp(-1.0)) + 0.1 * math.log(1 + math.exp(1.0)))
+    ipo, _, _ = dpo_loss(pc, pr, rc, rr, beta, "ipo")
+    assert ipo.item() == pytest.approx((2 - 1 / (2 * beta)) ** 2)  # (2 - 1)^2
+    hinge, _, _ = dpo_loss(pc, pr, rc, rr, beta, "hinge")
+    assert hinge.item() == pytest.approx(0.0)  # max(0, 1 - 1)
+    hinge_small, _, _ = dpo_loss(pc, pr, rc, rr, 0.25, "hinge")
+    assert hinge_small.item() == pytest.approx(0.5)  # max(0, 1 - 0.5)
+
+
+def test_dpo_sigmoid_is_log2_when_policy_equals_reference():
+    logps = torch.tensor([-3.0, -7.5, -1.2])
+    other = torch.tensor([-4.0, -2.0, -9.0])
+    loss, chosen_r, rejected_r = dpo_loss(logps, other, logps, other, beta=0.1)
+    torch.testing.assert_close(loss, torch.full((3,), math.log(2)))
+    assert chosen_r.abs().max() == 0 and rejected_r.abs().max() == 0
+
+
+def test_dpo_gradient_pushes_chosen_up_and_rejected_down():
+    pc = torch.tensor([-3.0], requires_grad=True)
+    pr = torch.tensor([-3.0], requires_grad=True)
+    for loss_type in ("sigmoid", "ipo", "hinge"):
+        pc.grad = pr.grad = None
+        loss, _, _ = dpo_loss(pc, pr, torch.tensor([-3.0]), torch.tensor([-3.0]), 0.1, loss_type)
+        loss.sum().backward()
+        assert pc.grad.item() < 0 < pr.grad.item(), loss_type

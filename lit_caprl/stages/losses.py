@@ -1,8 +1,8 @@
-"""The RL math as plain tensor functions: advantages, clipped surrogate, KL, aggregation.
+"""The RL math as plain tensor functions: advantages, clipped surrogate, KL, aggregation, DPO.
 
 No Lightning, no models. Shapes: rewards are [B, G] (B prompts, G completions each);
 per-token tensors are [N, L] with N = B*G sequences and a 0/1 `mask` over real tokens.
-Formulas follow the GRPO / DAPO / Dr. GRPO papers and TRL's `loss_type` names.
+Formulas follow the GRPO / DAPO / Dr. GRPO and DPO / IPO / SLiC papers and TRL's `loss_type` names.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 ScaleRewards = Literal["group", "batch", "none"]
@@ -115,3 +116,37 @@ def grpo_loss(
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+DPOLossType = Literal["sigmoid", "ipo", "hinge"]
+
+
+def dpo_loss(
+    chosen_logp: Tensor,
+    rejected_logp: Tensor,
+    ref_chosen_logp: Tensor,
+    ref_rejected_logp: Tensor,
+    beta: float = 0.1,
+    loss_type: DPOLossType = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-pair preference loss and the implicit rewards beta * (log pi - log ref) of each side.
+
+    Inputs are sequence log-probs [P] (summed over completion tokens; IPO callers pass the
+    per-token mean, as the IPO paper and TRL do). With h = (chosen - rejected) - (ref_chosen - ref_rejected):
+    sigmoid: -(1-ls) log sigma(beta h) - ls log sigma(-beta h)   (DPO; ls = conservative DPO's label noise)
+    ipo:     (h - 1/(2 beta))^2                                   (IPO)
+    hinge:   max(0, 1 - beta h)                                   (SLiC)
+    """
+    h = (chosen_logp - rejected_logp) - (ref_chosen_logp - ref_rejected_logp)
+    if loss_type == "sigmoid":
+        loss = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    elif loss_type == "ipo":
+        loss = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        loss = torch.relu(1 - beta * h)
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}")
+    chosen_rewards = beta * (chosen_logp - ref_chosen_logp).detach()
+    rejected_rewards = beta * (rejected_logp - ref_rejected_logp).detach()
+    return loss, chosen_rewards, rejected_rewards
