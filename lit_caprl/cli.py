@@ -4,6 +4,7 @@ lit-caprl fit -c experiments/shapes/captioner_sft.yaml [-c more.yaml] [--model.i
 lit-caprl make-tiny --family qwen2_5_vl --size small --out runs/models/qwen2_5_vl-small
 lit-caprl data shapes --out runs/data/shapes --n 4000 --n-val 500 --seed 0
 lit-caprl data check FILE.jsonl
+lit-caprl mine-pairs --config experiments/shapes/mine_pairs.yaml [--min_margin 0.2]
 """
 
 from __future__ import annotations
@@ -112,7 +113,16 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
-TOOLS = {"make-tiny": _make_tiny, "data": _data, "eval": _eval}
+def _mine_pairs(argv: list[str]) -> int:
+    from jsonargparse import CLI
+
+    from lit_caprl.mining import mine_pairs
+
+    CLI(mine_pairs, args=argv, as_positional=False, parser_mode="omegaconf")
+    return 0
+
+
+TOOLS = {"make-tiny": _make_tiny, "data": _data, "eval": _eval, "mine-pairs": _mine_pairs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ import torch
 
 from lit_caprl.callbacks import RewardLoggingCallback, RolloutCallback
 from lit_caprl.data import ShapesPromptData
+from lit_caprl.data.schema import load_records
 from lit_caprl.rewards import CapRLQAReward
 from lit_caprl.stages import GRPOStage
 
@@ -25,7 +26,8 @@ def test_one_grpo_step_moves_policy_only(tiny_models, shapes_root, tmp_path):
     reader0 = {n: p.detach().clone() for n, p in module.reward.named_parameters()}
     ref0 = {n: p.detach().clone() for n, p in module.ref.named_parameters()}
     assert all(not p.requires_grad for p in module.reward.parameters())
-    trainer = _trainer(tmp_path, 1, [RolloutCallback(num_generations=4, max_new_tokens=8), RewardLoggingCallback()])
+    rollouts = RolloutCallback(num_generations=4, max_new_tokens=8, pairs_dir=str(tmp_path / "pairs"))
+    trainer = _trainer(tmp_path, 1, [rollouts, RewardLoggingCallback()])
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert not any(id(p) in optimized for p in module.reward.parameters())
@@ -36,6 +38,8 @@ def test_one_grpo_step_moves_policy_only(tiny_models, shapes_root, tmp_path):
     assert all(torch.equal(p, ref0[n]) for n, p in module.ref.named_parameters())
     assert not module.reward.training and not module.ref.training
     assert module.rollout_step == 1
+    pairs, problems = load_records(tmp_path / "pairs" / "pairs.jsonl")  # mined from the scored rollout
+    assert problems == [] and all(p.meta["rewards"]["chosen"] > p.meta["rewards"]["rejected"] for p in pairs)
     logged = trainer.callback_metrics
     for key in ("train/reward", "reward/caprl_qa/mean", "reward/frac_zero_std_groups", "completions/mean_length",
                 "completions/truncated_ratio", "train/clip_fraction", "train/kl"):  # fmt: skip

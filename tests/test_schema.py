@@ -38,6 +38,8 @@ BAD = [
     (_rec(q_options=["red", "red"]), "questions[0].options", "duplicate options"),
     (_rec(questions=[]), "questions", "non-empty list"),
     (_rec(captions=[""]), "captions[0]", "empty caption"),
+    (_rec(chosen="at top is a big red circle ."), "rejected", "needs non-empty chosen and rejected"),
+    (_rec(chosen="", rejected="at top is a big red circle ."), "chosen", "needs non-empty chosen and rejected"),
     ('{"id": "a", "image": "img.png", "questions": [', "record", "malformed JSON"),
     ("", "record", "empty line"),
 ]

@@ -12,7 +12,9 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lit_caprl.mining import PairWriter, mine_groups
 from lit_caprl.models.adapter import Completions, PromptBatch
+from lit_caprl.sampling import sample_and_score
 from lit_caprl.stages.losses import group_advantages
 
 
@@ -39,15 +41,26 @@ class RolloutCallback(L.Callback):
         num_generations: G, completions per prompt (CapRL: 8).
         max_new_tokens: completion budget; captions without EOS by then count as truncated.
         temperature, top_p: sampling settings; the policy's log-probs use the same temperature.
+        pairs_dir: also mine DPO pairs (best vs worst caption of each group) from the scored
+            rollouts into `pairs_dir/pairs.jsonl`, appended after every rollout step.
+        pair_min_margin: keep a group's pair only if best - worst reward >= this.
     """
 
     def __init__(
-        self, num_generations: int = 8, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0
+        self,
+        num_generations: int = 8,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        pairs_dir: str | None = None,
+        pair_min_margin: float = 0.0,
     ) -> None:
         if num_generations < 2:
             raise ValueError("GRPO needs num_generations >= 2 to compare completions of one prompt")
         self.num_generations, self.max_new_tokens = num_generations, max_new_tokens
         self.temperature, self.top_p = temperature, top_p
+        self.pairs = PairWriter(pairs_dir) if pairs_dir else None
+        self.pair_min_margin = pair_min_margin
 
     @torch.no_grad()
     def on_train_batch_start(
@@ -57,17 +70,15 @@ class RolloutCallback(L.Callback):
 
     @torch.no_grad()
     def rollout(self, module, batch: dict) -> Rollout:
-        g, adapter = self.num_generations, module.adapter
-        texts = [adapter.chat(p, with_image=True) for p in batch["prompt"]]
-        prompts = adapter.encode_prompts(texts, batch["image"]).to(module.device)
-        prompts = adapter.select(prompts, torch.arange(len(batch["image"]), device=module.device).repeat_interleave(g))
-        module.policy.eval()
-        completions = adapter.generate(prompts, self.max_new_tokens, self.temperature, self.top_p)
-        module.policy.train()
-        texts = adapter.decode(completions)
-        records = [r for r in batch["record"] for _ in range(g)]
-        scored = module.reward(texts, records, step=module.rollout_step)
+        g = self.num_generations
+        prompts, completions, texts, scored = sample_and_score(
+            module.adapter, module.reward, batch["image"], batch["prompt"], batch["record"], g,
+            self.max_new_tokens, self.temperature, self.top_p, module.rollout_step, module.device,
+        )  # fmt: skip
         rewards = scored.rewards.to(module.device).view(-1, g)
+        if self.pairs is not None and module.trainer.is_global_zero:
+            pairs = mine_groups(batch["record"], texts, rewards.cpu(), self.pair_min_margin, module.hparams.model)
+            self.pairs.append(pairs)
         hp = module.hparams
         advantages = group_advantages(rewards, hp.scale_rewards, hp.advantage).flatten()
         old_logp = (

@@ -1,3 +1,10 @@
-from lit_caprl.data.datamodules import CaptionData, PromptData, ShapesCaptionData, ShapesPromptData, ShapesReaderData
+from lit_caprl.data.datamodules import (
+    CaptionData,
+    PairData,
+    PromptData,
+    ShapesCaptionData,
+    ShapesPromptData,
+    ShapesReaderData,
+)
 
-__all__ = ["CaptionData", "PromptData", "ShapesCaptionData", "ShapesPromptData", "ShapesReaderData"]
+__all__ = ["CaptionData", "PairData", "PromptData", "ShapesCaptionData", "ShapesPromptData", "ShapesReaderData"]

@@ -206,3 +206,22 @@ class ShapesPromptData(_ShapesSource, PromptData):
     ) -> None:
         super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
         self._shapes(root, n_train, n_val, seed)
+
+
+class PairData(_FileData):
+    """Preference pairs for DPO: records with `chosen` and `rejected` captions (e.g. from `mine-pairs`)."""
+
+    def _pairs(self, path: str) -> list[Record]:
+        records, _ = load_records(path)
+        missing = [r.id for r in records if r.chosen is None]
+        if missing:
+            raise ValueError(f"{path}: records without chosen/rejected captions: {missing[:5]}")
+        return records
+
+    def _example(self, record: Record) -> dict:
+        return {"id": record.id, "image": record.load_image(), "prompt": self.prompt,
+                "chosen": record.chosen, "rejected": record.rejected}  # fmt: skip
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = ListDataset(self._pairs(self.train_file), self._example)
+        self.val_set = ListDataset(self._pairs(self.val_file), self._example)

@@ -5,7 +5,9 @@
      "captions": ["a big red circle ..."],   # optional, non-empty strings (SFT targets, references)
      "questions": [                       # at least one
         {"question": "what color ...?", "options": ["red", "blue", "green", "yellow"], "answer": "A"}],
-     "meta": {...}}                       # optional, free-form (ShapesWorld keeps its scene here)
+     "chosen": "...", "rejected": "...",  # optional, together: a preference pair (DPO)
+     "meta": {...}}                       # optional, free-form (ShapesWorld keeps its scene here;
+                                          # mined pairs keep their rewards and policy here)
 
 `answer` is the letter of the right option (A = first). The reader's extra
 "cannot answer" option is added at prompt time, never stored.
@@ -65,6 +67,8 @@ class Record:
     captions: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict, compare=False)
     source: str = ""
+    chosen: str | None = None
+    rejected: str | None = None
 
     def load_image(self) -> Image.Image:
         with Image.open(self.image) as im:
@@ -136,6 +140,9 @@ def validate(obj: object, root: Path) -> list[tuple[str, str]]:
     else:
         errs += [(f"captions[{i}]", "empty caption") for i, c in enumerate(caps) if not _nonempty_str(c)]
     errs += _check_questions(obj.get("questions"))
+    if "chosen" in obj or "rejected" in obj:
+        errs += [(k, "a preference pair needs non-empty chosen and rejected strings")
+                 for k in ("chosen", "rejected") if not _nonempty_str(obj.get(k))]  # fmt: skip
     if not isinstance(obj.get("meta", {}), dict):
         errs.append(("meta", "must be an object"))
     return errs
@@ -144,8 +151,9 @@ def validate(obj: object, root: Path) -> list[tuple[str, str]]:
 def _to_record(obj: dict, root: Path, source: str) -> Record:
     qs = tuple(MCQ(q["question"], tuple(q["options"]), q["answer"]) for q in obj["questions"])
     return Record(
-        obj["id"], (root / obj["image"]).resolve(), qs, tuple(obj.get("captions", [])), obj.get("meta", {}), source
-    )
+        obj["id"], (root / obj["image"]).resolve(), qs, tuple(obj.get("captions", [])), obj.get("meta", {}), source,
+        obj.get("chosen"), obj.get("rejected"),
+    )  # fmt: skip
 
 
 def scan(path: str | Path) -> tuple[list[Record], list[Problem]]:

@@ -1,4 +1,5 @@
+from lit_caprl.stages.dpo import DPOStage
 from lit_caprl.stages.grpo import GRPOStage
 from lit_caprl.stages.sft import SFTStage
 
-__all__ = ["GRPOStage", "SFTStage"]
+__all__ = ["DPOStage", "GRPOStage", "SFTStage"]

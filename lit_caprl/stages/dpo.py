@@ -1,0 +1,134 @@
+"""DPO on image-conditioned preference pairs (image, prompt, chosen caption, rejected caption).
+
+The reference is a frozen copy of the starting policy. With `precompute_ref_logps` its
+log-probs for every training pair are computed once before training and the copy is then
+dropped, which frees its memory and a forward pass per step. The math is in `losses.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.models.loading import load_policy
+from lit_caprl.rewards.base import freeze
+from lit_caprl.stages import losses
+from lit_caprl.stages.optim import adamw_schedule
+
+
+class DPOStage(L.LightningModule):
+    """Direct preference optimisation of a captioner.
+
+    Args:
+        model, init_from, dtype: the policy and the weights it starts from (see `SFTStage`).
+        beta: strength of the implicit KL to the reference (DPO's beta).
+        loss_type: sigmoid (DPO) | ipo | hinge; IPO scores the per-token mean log-prob, the others the sum.
+        label_smoothing: assumed label-noise rate for `sigmoid` (conservative DPO).
+        precompute_ref_logps: score all training pairs with the reference once, then drop the reference.
+        lr, weight_decay, warmup_steps, schedule, max_grad_norm: AdamW as in the other stages.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        init_from: str | None = None,
+        beta: float = 0.1,
+        loss_type: losses.DPOLossType = "sigmoid",
+        label_smoothing: float = 0.0,
+        precompute_ref_logps: bool = False,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        schedule: str = "constant",
+        max_grad_norm: float = 1.0,
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.strict_loading = False  # checkpoints leave out the frozen reference
+        self.adapter = load_policy(model, init_from, dtype)
+        self.policy = self.adapter.model.train()
+        self.ref = freeze(copy.deepcopy(self.policy))
+        self.ref_adapter = VLMAdapter(self.ref, self.adapter.processor)
+        self.ref_cache: dict[str, tuple[float, float]] = {}
+
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        """Batches hold PIL images; `sequence_logps` encodes and places tensors itself."""
+        return batch
+
+    def sequence_logps(self, adapter: VLMAdapter, batch: dict) -> tuple[Tensor, Tensor]:
+        """Log-probs of the chosen and of the rejected captions, [P] each, in one forward pass."""
+        n = len(batch["chosen"])
+        texts = [self.adapter.chat(p, with_image=True) for p in batch["prompt"]]
+        prompts = self.adapter.encode_prompts(texts, batch["image"]).to(self.device)
+        prompts = self.adapter.select(prompts, torch.arange(n, device=self.device).repeat(2))
+        comps = self.adapter.encode_completions(batch["chosen"] + batch["rejected"]).to(self.device)
+        logp = adapter.completion_logprobs(prompts, comps)
+        mask = comps.mask.to(logp.dtype)
+        seq = (logp * mask).sum(-1)
+        if self.hparams.loss_type == "ipo":
+            seq = seq / mask.sum(-1).clamp(min=1)
+        return seq[:n], seq[n:]
+
+    def reference_logps(self, batch: dict) -> tuple[Tensor, Tensor]:
+        if self.ref is None:
+            cached = torch.tensor([self.ref_cache[i] for i in batch["id"]], device=self.device)
+            return cached[:, 0], cached[:, 1]
+        with torch.no_grad():
+            return self.sequence_logps(self.ref_adapter, batch)
+
+    def on_fit_start(self) -> None:
+        """With `precompute_ref_logps`, score every training and validation pair once."""
+        if not self.hparams.precompute_ref_logps or self.ref is None:
+            return
+        dm = self.trainer.datamodule
+        for loader in (dm.train_dataloader(), dm.val_dataloader()):
+            for batch in loader:
+                chosen, rejected = self.reference_logps(batch)
+                self.ref_cache.update(
+                    zip(batch["id"], zip(chosen.tolist(), rejected.tolist(), strict=True), strict=True)
+                )
+        self.ref = self.ref_adapter = None  # training and validation now need only the cache
+
+    def on_train_epoch_start(self) -> None:
+        """Lightning sets every submodule to train mode; the reference stays in eval mode."""
+        if self.ref is not None:
+            self.ref.eval()
+
+    def step(self, batch: dict, prefix: str) -> Tensor:
+        hp = self.hparams
+        chosen, rejected = self.sequence_logps(self.adapter, batch)
+        ref_chosen, ref_rejected = self.reference_logps(batch)
+        loss, r_chosen, r_rejected = losses.dpo_loss(
+            chosen, rejected, ref_chosen, ref_rejected, hp.beta, hp.loss_type, hp.label_smoothing
+        )
+        n = len(batch["chosen"])
+        self.log(f"{prefix}/loss", loss.mean(), prog_bar=True, batch_size=n)
+        self.log(f"{prefix}/rewards/chosen", r_chosen.mean(), batch_size=n)
+        self.log(f"{prefix}/rewards/rejected", r_rejected.mean(), batch_size=n)
+        self.log(f"{prefix}/rewards/accuracy", (r_chosen > r_rejected).float().mean(), prog_bar=True, batch_size=n)
+        self.log(f"{prefix}/rewards/margin", (r_chosen - r_rejected).mean(), batch_size=n)
+        return loss.mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.step(batch, "val")
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        total = self.trainer.estimated_stepping_batches
+        return adamw_schedule(self.policy.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.schedule)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
