@@ -5,6 +5,8 @@ lit-caprl make-tiny --family qwen2_5_vl --size small --out runs/models/qwen2_5_v
 lit-caprl data shapes --out runs/data/shapes --n 4000 --n-val 500 --seed 0
 lit-caprl data check FILE.jsonl
 lit-caprl mine-pairs --config experiments/shapes/mine_pairs.yaml [--min_margin 0.2]
+lit-caprl report --data val.jsonl --reader READER --policy sft=EXPORT --policy grpo=EXPORT --out DIR
+lit-caprl pipeline experiments/shapes/pipeline.yaml [--force grpo]
 """
 
 from __future__ import annotations
@@ -122,7 +124,55 @@ def _mine_pairs(argv: list[str]) -> int:
     return 0
 
 
-TOOLS = {"make-tiny": _make_tiny, "data": _data, "eval": _eval, "mine-pairs": _mine_pairs}
+def _report(argv: list[str]) -> int:
+    import json
+
+    from lit_caprl import report
+    from lit_caprl.io import atomic_dir
+
+    p = argparse.ArgumentParser(prog="lit-caprl report", description="Evaluate checkpoints side by side.")
+    p.add_argument("--data", required=True, help="held-out JSONL (ShapesWorld: object fidelity needs meta.objects)")
+    p.add_argument("--reader", required=True, help="the frozen reader export that measures utility")
+    p.add_argument("--policy", action="append", default=[], metavar="NAME=EXPORT", help="a row; repeat")
+    p.add_argument("--n", type=int, default=500, help="held-out records")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--curve", help="a GRPO log dir: its newest metrics.csv gives the reward curve")
+    p.add_argument("--stages", help="stages.json with wall times (written by `lit-caprl pipeline`)")
+    p.add_argument("--out", required=True, help="directory for report.json, report.md, report.png")
+    a = p.parse_args(argv)
+    policies = dict(item.split("=", 1) for item in a.policy)
+    rows = report.evaluate_rows(a.data, a.reader, policies, a.n, a.seeds)
+    curve = []
+    if a.curve:
+        logs = sorted(Path(a.curve).rglob("metrics.csv"), key=lambda f: f.stat().st_mtime)
+        curve = report.reward_curve(logs[-1]) if logs else []
+    stages = json.loads(Path(a.stages).read_text()) if a.stages and Path(a.stages).exists() else {}
+    with atomic_dir(a.out) as tmp:
+        print(report.write_report(tmp, rows, stages, curve))
+    return 0
+
+
+def _pipeline(argv: list[str]) -> int:
+    from lit_caprl.pipeline import run_pipeline
+
+    p = argparse.ArgumentParser(prog="lit-caprl pipeline", description="Run a pipeline file's stages in order.")
+    p.add_argument("file")
+    p.add_argument("--force", metavar="STAGE", help="redo STAGE and every stage after it")
+    a = p.parse_args(argv)
+    run = run_pipeline(a.file, a.force)
+    for md in sorted(run.glob("*/report.md")):
+        print(f"== {md}\n{md.read_text()}")
+    return 0
+
+
+TOOLS = {
+    "make-tiny": _make_tiny,
+    "data": _data,
+    "eval": _eval,
+    "mine-pairs": _mine_pairs,
+    "report": _report,
+    "pipeline": _pipeline,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

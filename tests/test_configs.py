@@ -3,11 +3,15 @@
 from pathlib import Path
 
 import pytest
+import yaml
+from jsonargparse import ArgumentParser
 
 from lit_caprl.cli import CapRLCLI, main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "experiments").rglob("*.yaml"))
+ALL = sorted((ROOT / "experiments").rglob("*.yaml"))
+CONFIGS = [c for c in ALL if yaml.safe_load(c.read_text()).get("model")]  # `lit-caprl fit` configs
+TOOL_CONFIGS = [c for c in ALL if c.name.startswith("mine_pairs")]  # `lit-caprl mine-pairs --config`
 
 
 class ParseOnlyCLI(CapRLCLI):
@@ -16,7 +20,24 @@ class ParseOnlyCLI(CapRLCLI):
 
 
 def test_there_are_configs():
-    assert len(CONFIGS) >= 2
+    assert len(CONFIGS) >= 4 and TOOL_CONFIGS
+    pipelines = [c for c in ALL if c.name.startswith("pipeline")]
+    assert set(ALL) == set(CONFIGS) | set(TOOL_CONFIGS) | set(pipelines)  # each kind is parsed by a test
+
+
+def mine_pairs_parser() -> ArgumentParser:
+    from lit_caprl.mining import mine_pairs
+
+    parser = ArgumentParser(parser_mode="omegaconf")
+    parser.add_argument("--config", action="config")
+    parser.add_function_arguments(mine_pairs)
+    return parser
+
+
+@pytest.mark.parametrize("config", TOOL_CONFIGS, ids=[c.name for c in TOOL_CONFIGS])
+def test_mine_pairs_config_parses(config):
+    cfg = mine_pairs_parser().parse_args(["--config", str(config)])
+    assert cfg.reward.class_path == "lit_caprl.rewards.CapRLQAReward" and cfg.min_margin > 0
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(ROOT)) for c in CONFIGS])

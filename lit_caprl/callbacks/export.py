@@ -19,12 +19,13 @@ def save_export(adapter, out: str | Path) -> Path:
 
 
 class HFExport(L.Callback):
-    """At the end of `fit`, export the module's policy to `dirpath` (rank 0 only)."""
+    """At the end of `fit`, export the module's policy to `dirpath` (rank 0 only); by default
+    `<trainer.default_root_dir>/export`, where `lit-caprl pipeline` looks for a finished stage."""
 
-    def __init__(self, dirpath: str) -> None:
+    def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            save_export(pl_module.adapter, self.dirpath)
+            save_export(pl_module.adapter, self.dirpath or Path(trainer.default_root_dir) / "export")
         trainer.strategy.barrier("hf_export")

@@ -1,0 +1,94 @@
+"""The run report: one row per checkpoint (and gold captions as the ceiling) with caption
+utility, object precision, object recall and mean length; stage wall times; a plot of the
+GRPO reward curve. Written as report.json (machine-readable), report.md and report.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from lit_caprl import evaluate
+from lit_caprl.data.schema import load_records
+from lit_caprl.models.loading import load_model
+
+COLUMNS = ("utility", "precision", "recall", "length")
+
+
+def evaluate_rows(data: str, reader: str, policies: dict[str, str], n: int = 500, seeds=(0, 1, 2)) -> dict:
+    """Greedy captions of each policy on `n` held-out records, scored by the frozen reader,
+    plus the gold captions (the ceiling of utility) and, for scale, the empty caption."""
+    records = evaluate.sample_records(load_records(data)[0], n, seed=0)
+    judge = evaluate.utility_judge(reader)
+    captions = {name: evaluate.generate_captions(load_model(path), records) for name, path in policies.items()}
+    captions["gold"] = [r.captions[0] for r in records]
+    rows = {}
+    for name, caps in captions.items():
+        rows[name] = {"utility": evaluate.caption_utility(judge, caps, records, seeds),
+                      **evaluate.caption_fidelity(caps, records), "example": caps[0]}  # fmt: skip
+    rows["empty"] = {"utility": evaluate.caption_utility(judge, [""] * len(records), records, seeds),
+                     "precision": 0.0, "recall": 0.0, "length": 0.0, "example": ""}  # fmt: skip
+    return rows
+
+
+def gap_closed(rows: dict, name: str, start: str = "sft") -> float | None:
+    """(utility(name) - utility(start)) / (utility(gold) - utility(start)): the share of the
+    headroom a stage closed; None when there is no headroom to close."""
+    gap = rows["gold"]["utility"] - rows[start]["utility"]
+    return (rows[name]["utility"] - rows[start]["utility"]) / gap if gap > 0 else None
+
+
+def reward_curve(metrics_csv: Path) -> list[tuple[int, float]]:
+    """(rollout step, mean reward) from a CSVLogger `metrics.csv` of a GRPO run."""
+    out = []
+    with open(metrics_csv) as f:
+        for row in csv.DictReader(f):
+            if row.get("train/reward") and row.get("rollout_step"):
+                out.append((int(float(row["rollout_step"])), float(row["train/reward"])))
+    return out
+
+
+def markdown(rows: dict, stages: dict) -> str:
+    lines = ["| checkpoint | utility | precision | recall | length | gap closed |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        closed = gap_closed(rows, name) if "sft" in rows and name not in ("sft", "gold", "empty") else None
+        pct = f"{closed:.0%}" if closed is not None else ""
+        lines.append(f"| {name} | {r['utility']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} "
+                     f"| {r['length']:.1f} | {pct} |")  # fmt: skip
+    lines += ["", "| stage | wall s |", "|---|---|"]
+    lines += [f"| {name} | {s['wall_s']:.0f} |" for name, s in stages.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(curve: list[tuple[int, float]], rows: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if curve:
+        steps, rewards = zip(*curve, strict=True)
+        left.plot(steps, rewards, lw=0.8)
+    left.set(title="GRPO: mean reward per rollout step", xlabel="rollout step", ylabel="reward")
+    names = list(rows)
+    right.bar(names, [rows[n]["utility"] for n in names])
+    right.set(title="caption utility (held-out)", ylabel="utility", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out_dir: str | Path, rows: dict, stages: dict, curve: list[tuple[int, float]]) -> str:
+    """Write report.json / report.md / report.png under `out_dir`; return the markdown table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = {name: {k: r[k] for k in COLUMNS} for name, r in rows.items()}
+    payload = {"rows": table, "stages": stages, "examples": {n: r.get("example", "") for n, r in rows.items()}}
+    if "sft" in rows:
+        payload["gap_closed"] = {n: gap_closed(rows, n) for n in rows if n not in ("sft", "gold", "empty")}
+    (out / "report.json").write_text(json.dumps(payload, indent=2))
+    md = markdown(rows, stages)
+    (out / "report.md").write_text(md)
+    plot(curve, rows, out / "report.png")
+    return md

@@ -1,0 +1,103 @@
+"""Pipeline files: every stage parses; finished stages are skipped; --force redoes a stage and the rest."""
+
+from pathlib import Path
+
+import pytest
+from test_configs import ParseOnlyCLI, mine_pairs_parser
+
+from lit_caprl.pipeline import load_pipeline, run_pipeline, stage_args
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINES = sorted((ROOT / "experiments").rglob("pipeline*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=[p.name for p in PIPELINES])
+def test_every_stage_of_every_pipeline_parses(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run, stages = load_pipeline(path)
+    for stage in stages:
+        args = stage_args(stage, stages, run)
+        assert not any("{" in a for a in args), (stage.name, args)  # every placeholder was filled
+        if stage.fit:
+            cli = ParseOnlyCLI(args=args[1:], run=False)
+            assert cli.config.trainer.default_root_dir == str(run / stage.name)
+        elif args[0] == "mine-pairs":
+            mine_pairs_parser().parse_args(args[1:])
+
+
+def _pipeline(tmp_path: Path) -> Path:
+    f = tmp_path / "p.yaml"
+    f.write_text(f"""
+run_dir: {tmp_path / "run"}
+stages:
+  - {{name: data, command: [data, shapes, --out, "{{out}}"]}}
+  - {{name: sft, fit: sft.yaml, init_from: null, overrides: {{data.init_args.root: "{{data}}"}}}}
+  - {{name: rl, fit: rl.yaml}}
+  - {{name: rl2, fit: rl.yaml, init_from: sft}}
+""")
+    return f
+
+
+class FakeRunner:
+    """Records the stages it runs and writes the output a real stage would."""
+
+    def __init__(self, run: Path) -> None:
+        self.run, self.calls = run, []
+
+    def __call__(self, args: list[str]) -> None:
+        self.calls.append(args)
+        if args[0] == "fit":
+            root = next(a.split("=", 1)[1] for a in args if a.startswith("--trainer.default_root_dir="))
+            (Path(root) / "export").mkdir(parents=True)
+        else:
+            Path(args[args.index("--out") + 1]).mkdir(parents=True)
+
+
+def test_stages_chain_skip_and_force(tmp_path):
+    f = _pipeline(tmp_path)
+    run = tmp_path / "run"
+    first = FakeRunner(run)
+    run_pipeline(f, runner=first)
+    assert [c[0] for c in first.calls] == ["data", "fit", "fit", "fit"]
+    sft, rl, rl2 = first.calls[1:]
+    assert f"--data.init_args.root={run / 'data'}" in sft
+    assert not any(a.startswith("--model.init_args.init_from") for a in sft)  # init_from: null
+    assert f"--model.init_args.init_from={run / 'sft/export'}" in rl  # default: the previous fit stage
+    assert f"--model.init_args.init_from={run / 'sft/export'}" in rl2  # named
+    assert set((run / "stages.json").read_text().split('"')) >= {"data", "sft", "rl", "rl2"}
+
+    again = FakeRunner(run)
+    run_pipeline(f, runner=again)
+    assert again.calls == []  # everything done: nothing reruns
+
+    forced = FakeRunner(run)
+    run_pipeline(f, force="rl", runner=forced)
+    assert [c[2] for c in forced.calls] == ["rl.yaml", "rl.yaml"]  # rl and everything after it
+
+
+def test_a_half_finished_run_continues_where_it_stopped(tmp_path):
+    f = _pipeline(tmp_path)
+    run = tmp_path / "run"
+
+    def dies_in_rl(args):
+        if "rl.yaml" in args:
+            raise RuntimeError("killed")
+        FakeRunner(run)(args)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_pipeline(f, runner=dies_in_rl)
+    resumed = FakeRunner(run)
+    run_pipeline(f, runner=resumed)
+    assert [c[2] for c in resumed.calls] == ["rl.yaml", "rl.yaml"]
+
+
+def test_bad_pipeline_files_are_named(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("run_dir: r\nstages:\n  - {name: a, fit: x.yaml, init_from: b}\n")
+    with pytest.raises(ValueError, match=r"stages\[0\] \(a\): init_from 'b' is not an earlier fit stage"):
+        load_pipeline(f)
+    f.write_text("run_dir: r\nstages:\n  - {name: a, fit: x.yaml, command: [eval]}\n")
+    with pytest.raises(ValueError, match="exactly one of"):
+        load_pipeline(f)
+    with pytest.raises(ValueError, match="no such stage"):
+        run_pipeline(_pipeline(tmp_path), force="nope", runner=FakeRunner(tmp_path))
