@@ -147,8 +147,9 @@ def _report(argv: list[str]) -> int:
         logs = sorted(Path(a.curve).rglob("metrics.csv"), key=lambda f: f.stat().st_mtime)
         curve = report.reward_curve(logs[-1]) if logs else []
     stages = json.loads(Path(a.stages).read_text()) if a.stages and Path(a.stages).exists() else {}
+    reader = report.reader_quality(a.data, a.reader, a.n)
     with atomic_dir(a.out) as tmp:
-        print(report.write_report(tmp, rows, stages, curve))
+        print(report.write_report(tmp, rows, stages, curve, reader))
     return 0
 
 
@@ -176,10 +177,10 @@ TOOLS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in TOOLS:
-        return TOOLS[argv[0]](argv[1:])
-    CapRLCLI(args=argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in TOOLS:
+        return TOOLS[args[0]](args[1:])
+    CapRLCLI(args=argv)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

@@ -120,7 +120,7 @@ def mine_pairs(
     torch.manual_seed(seed)
     adapter = load_model(policy)
     records = load_records(data)[0][:limit]
-    kept = 0
+    kept, margins = 0, []
     with atomic_dir(out) as tmp:
         writer = PairWriter(tmp)
         for i in range(0, len(records), batch_size):
@@ -129,9 +129,15 @@ def mine_pairs(
             _, _, captions, scored = sample_and_score(
                 adapter, reward, images, [prompt] * len(chunk), chunk, num_generations, max_new_tokens, temperature
             )
-            pairs = mine_groups(chunk, captions, scored.rewards.view(len(chunk), -1).cpu(), min_margin, policy)
-            kept += writer.append(pairs)
-        (tmp / PAIRS_FILE).touch()
-    summary = {"out": str(Path(out) / PAIRS_FILE), "images": len(records), "pairs": kept}
-    print(json.dumps(summary))
+            rewards = scored.rewards.view(len(chunk), -1).cpu()
+            margins += (rewards.max(1).values - rewards.min(1).values).tolist()
+            kept += writer.append(mine_groups(chunk, captions, rewards, min_margin, policy))
+        q = torch.quantile(torch.tensor(margins), torch.tensor([0.5, 0.9, 1.0])).tolist()
+        summary = {"out": str(Path(out) / PAIRS_FILE), "images": len(records), "pairs": kept,
+                   "margin_p50_p90_max": [round(x, 4) for x in q]}  # fmt: skip
+        print(json.dumps(summary))
+        if kept == 0:
+            spread = summary["margin_p50_p90_max"]
+            raise ValueError(f"no image's best-worst reward margin reached min_margin={min_margin}; "
+                             f"margins (p50, p90, max) were {spread}: lower min_margin")  # fmt: skip
     return summary

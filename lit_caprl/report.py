@@ -31,6 +31,12 @@ def evaluate_rows(data: str, reader: str, policies: dict[str, str], n: int = 500
     return rows
 
 
+def reader_quality(data: str, reader: str, n: int = 500) -> dict[str, float]:
+    """The judge's own held-out accuracy: utility numbers mean little when this is low."""
+    records = evaluate.sample_records(load_records(data)[0], n, seed=0)
+    return evaluate.reader_accuracy(load_model(reader), records)
+
+
 def gap_closed(rows: dict, name: str, start: str = "sft") -> float | None:
     """(utility(name) - utility(start)) / (utility(gold) - utility(start)): the share of the
     headroom a stage closed; None when there is no headroom to close."""
@@ -79,16 +85,22 @@ def plot(curve: list[tuple[int, float]], rows: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: str | Path, rows: dict, stages: dict, curve: list[tuple[int, float]]) -> str:
+def write_report(
+    out_dir: str | Path, rows: dict, stages: dict, curve: list[tuple[int, float]], reader: dict | None = None
+) -> str:
     """Write report.json / report.md / report.png under `out_dir`; return the markdown table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = {name: {k: r[k] for k in COLUMNS} for name, r in rows.items()}
-    payload = {"rows": table, "stages": stages, "examples": {n: r.get("example", "") for n, r in rows.items()}}
+    payload = {"rows": table, "stages": stages, "reader": reader or {},
+               "examples": {n: r.get("example", "") for n, r in rows.items()}}  # fmt: skip
     if "sft" in rows:
         payload["gap_closed"] = {n: gap_closed(rows, n) for n in rows if n not in ("sft", "gold", "empty")}
     (out / "report.json").write_text(json.dumps(payload, indent=2))
     md = markdown(rows, stages)
+    if reader:
+        md += (f"\nreader (the judge) on held-out (caption, question) pairs: accuracy {reader['accuracy']:.3f}, "
+               f"cannot-answer accuracy {reader['cannot_answer_accuracy']:.3f}\n")  # fmt: skip
     (out / "report.md").write_text(md)
     plot(curve, rows, out / "report.png")
     return md

@@ -26,8 +26,10 @@ class RewardLoggingCallback(L.Callback):
         n = len(ro.texts)
         log = dict(batch_size=n, on_step=True, on_epoch=False)
         for name, values in ro.terms.items():
-            pl_module.log(f"reward/{name}/mean", values.float().mean(), **log)
-            pl_module.log(f"reward/{name}/std", values.float().std(), **log)
+            finite = values.float()[torch.isfinite(values)]  # a failed term is excluded, and counted
+            if len(finite):
+                pl_module.log(f"reward/{name}/mean", finite.mean(), **log)
+                pl_module.log(f"reward/{name}/std", finite.std() if len(finite) > 1 else finite.new_zeros(()), **log)
         pl_module.log("reward/frac_zero_std_groups", (ro.rewards.std(dim=1) == 0).float().mean(), **log)
         pl_module.log("completions/mean_length", ro.completions.lengths.float().mean(), prog_bar=True, **log)
         pl_module.log("completions/truncated_ratio", ro.completions.truncated.float().mean(), **log)

@@ -50,6 +50,34 @@ class ListDataset(Dataset):
         return self.make(self.items[i])
 
 
+def difficulty(record: Record) -> int:
+    """A record's difficulty for curricula: `meta.difficulty`, else ShapesWorld's `meta.level`."""
+    value = record.meta.get("difficulty", record.meta.get("level"))
+    if not isinstance(value, int):
+        raise ValueError(f"{record.source}: record {record.id!r}: meta.difficulty (or meta.level) must be an integer")
+    return value
+
+
+class LevelDataset(ListDataset):
+    """Items up to the current `level` of difficulty. Index i maps into that pool (modulo its
+    size), so a `CurriculumCallback` can change the level mid-epoch and the next batch obeys.
+    The level lives in this process: use `num_workers=0` with a curriculum."""
+
+    def __init__(self, items: list[Record], make: Callable[[Any], dict], level: int | None = None) -> None:
+        super().__init__(items, make)
+        self.levels = [difficulty(r) for r in items]
+        self.set_level(level if level is not None else max(self.levels))
+
+    def set_level(self, level: int) -> None:
+        pool = [i for i, lv in enumerate(self.levels) if lv <= level]
+        if not pool:
+            raise ValueError(f"no training record has difficulty <= {level} (lowest is {min(self.levels)})")
+        self.level, self.pool = level, pool
+
+    def __getitem__(self, i: int) -> dict:
+        return self.make(self.items[self.pool[i % len(self.pool)]])
+
+
 class _Base(L.LightningDataModule):
     def __init__(self, batch_size: int, num_workers: int) -> None:
         super().__init__()
@@ -187,8 +215,18 @@ class PromptData(_FileData):
         return {"image": record.load_image(), "prompt": self.prompt, "record": record}
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = ListDataset(load_records(self.train_file)[0], self._example)
+        train = load_records(self.train_file)[0]
+        has_levels = all("difficulty" in r.meta or "level" in r.meta for r in train)
+        self.train_set = LevelDataset(train, self._example) if has_levels else ListDataset(train, self._example)
         self.val_set = ListDataset(load_records(self.val_file)[0], self._example)
+
+    def set_level(self, level: int) -> None:
+        """Train on records of difficulty <= `level` from the next batch on (see `CurriculumCallback`)."""
+        if not isinstance(self.train_set, LevelDataset):
+            raise ValueError(f"{self.train_file}: a curriculum needs meta.difficulty (or meta.level) on every record")
+        if self.num_workers:
+            raise ValueError("a curriculum changes the data set in this process; set num_workers: 0")
+        self.train_set.set_level(level)
 
 
 class ShapesPromptData(_ShapesSource, PromptData):

@@ -29,6 +29,10 @@ class FrozenReward(nn.Module):
 
     Subclasses implement `forward(captions, records, step) -> RewardOutput`."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.training = False
+
     def train(self, mode: bool = True) -> FrozenReward:
         super().train(False)
         return self
