@@ -6,7 +6,7 @@ import torch
 from lit_caprl.callbacks import RewardLoggingCallback, RolloutCallback
 from lit_caprl.data import ShapesPromptData
 from lit_caprl.data.schema import load_records
-from lit_caprl.rewards import CapRLQAReward
+from lit_caprl.rewards import CapRLQAReward, RewardOutput
 from lit_caprl.stages import GRPOStage
 
 
@@ -44,3 +44,33 @@ def test_one_grpo_step_moves_policy_only(tiny_models, shapes_root, tmp_path):
     for key in ("train/reward", "reward/caprl_qa/mean", "reward/frac_zero_std_groups", "completions/mean_length",
                 "completions/truncated_ratio", "train/clip_fraction", "train/kl"):  # fmt: skip
         assert key in logged, key
+
+
+class _SpreadOnlyForEvenScenes(torch.nn.Module):
+    """Test reward: a caption checksum for even-numbered scenes, a constant for odd ones
+    (whose groups then have zero reward std and carry no gradient)."""
+
+    def forward(self, captions, records, step=0):
+        values = [float(sum(map(ord, c)) % 97) if int(r.id.split("-")[-1]) % 2 == 0 else 1.0
+                  for c, r in zip(captions, records, strict=True)]  # fmt: skip
+        return RewardOutput(torch.tensor(values), {"checksum": torch.tensor(values)})
+
+
+def test_dynamic_sampling_drops_zero_std_groups_and_refills(tiny_models, shapes_root, tmp_path):
+    L.seed_everything(0)
+    module = GRPOStage(tiny_models["qwen2_5_vl"], _SpreadOnlyForEvenScenes(), lr=1e-3, micro_batch_size=8)
+    captured = []
+
+    class Capture(RolloutCallback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+            captured.append(batch["rollout"])
+
+    rollouts = Capture(num_generations=4, max_new_tokens=8, dynamic_sampling=True, max_refill_rounds=8)
+    trainer = _trainer(tmp_path, 2, [rollouts])
+    trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=4))
+    assert trainer.callback_metrics["rollout/dropped_groups"] > 0
+    for ro in captured:
+        assert ro.rewards.shape == (4, 4)  # refilled to the full batch of 4 groups
+        assert (ro.rewards.std(dim=1) > 0).all()  # no zero-std group is left
+        assert len(ro.prompts) == len(ro.completions.ids) == len(ro.texts) == 16

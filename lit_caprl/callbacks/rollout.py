@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lit_caprl.mining import PairWriter, mine_groups
 from lit_caprl.models.adapter import Completions, PromptBatch
+from lit_caprl.rewards.base import RewardOutput
 from lit_caprl.sampling import sample_and_score
 from lit_caprl.stages.losses import group_advantages
 
@@ -44,6 +45,10 @@ class RolloutCallback(L.Callback):
         pairs_dir: also mine DPO pairs (best vs worst caption of each group) from the scored
             rollouts into `pairs_dir/pairs.jsonl`, appended after every rollout step.
         pair_min_margin: keep a group's pair only if best - worst reward >= this.
+        dynamic_sampling: DAPO's filter: drop groups whose rewards are all equal (they carry no
+            gradient) and refill with groups of fresh training prompts, up to `max_refill_rounds`
+            extra sampling rounds; the counts are logged as `rollout/dropped_groups` and
+            `rollout/refill_rounds`. Needs a DataModule with `train_set`.
     """
 
     def __init__(
@@ -54,6 +59,8 @@ class RolloutCallback(L.Callback):
         top_p: float = 1.0,
         pairs_dir: str | None = None,
         pair_min_margin: float = 0.0,
+        dynamic_sampling: bool = False,
+        max_refill_rounds: int = 3,
     ) -> None:
         if num_generations < 2:
             raise ValueError("GRPO needs num_generations >= 2 to compare completions of one prompt")
@@ -61,6 +68,7 @@ class RolloutCallback(L.Callback):
         self.temperature, self.top_p = temperature, top_p
         self.pairs = PairWriter(pairs_dir) if pairs_dir else None
         self.pair_min_margin = pair_min_margin
+        self.dynamic_sampling, self.max_refill_rounds = dynamic_sampling, max_refill_rounds
 
     @torch.no_grad()
     def on_train_batch_start(
@@ -75,9 +83,14 @@ class RolloutCallback(L.Callback):
             module.adapter, module.reward, batch["image"], batch["prompt"], batch["record"], g,
             self.max_new_tokens, self.temperature, self.top_p, module.rollout_step, module.device,
         )  # fmt: skip
+        records = list(batch["record"])
+        if self.dynamic_sampling:
+            prompts, completions, texts, scored, records = self._refill(
+                module, prompts, completions, texts, scored, records
+            )
         rewards = scored.rewards.to(module.device).view(-1, g)
         if self.pairs is not None and module.trainer.is_global_zero:
-            pairs = mine_groups(batch["record"], texts, rewards.cpu(), self.pair_min_margin, module.hparams.model)
+            pairs = mine_groups(records, texts, rewards.cpu(), self.pair_min_margin, module.hparams.model)
             self.pairs.append(pairs)
         hp = module.hparams
         advantages = group_advantages(rewards, hp.scale_rewards, hp.advantage).flatten()
@@ -91,3 +104,58 @@ class RolloutCallback(L.Callback):
         )
         return Rollout(prompts, completions, texts, rewards, advantages, scored.terms, old_logp, ref_logp,
                        self.temperature, self.max_new_tokens)  # fmt: skip
+
+    def _refill(self, module, prompts, completions, texts, scored, records):
+        """Keep groups with reward spread; fill the batch back up with groups of fresh prompts."""
+        g, size, adapter = self.num_generations, len(records), module.adapter
+        kept: list[_Groups] = []
+        dropped = rounds = 0
+        train_set = module.trainer.datamodule.train_set
+        gen = torch.Generator().manual_seed(1_000_003 * module.rollout_step + 17)
+        while True:
+            spread = scored.rewards.view(-1, g).std(dim=1) > 0
+            dropped += int((~spread).sum())
+            groups = spread.nonzero().flatten()
+            rows = (groups[:, None] * g + torch.arange(g)).flatten()
+            if len(groups):
+                kept.append(_Groups(
+                    adapter.select(prompts, rows.to(module.device)),
+                    Completions(completions.ids[rows], completions.mask[rows], completions.truncated[rows]),
+                    [texts[i] for i in rows.tolist()],
+                    RewardOutput(scored.rewards[rows], {k: v[rows] for k, v in scored.terms.items()}),
+                    [records[i] for i in groups.tolist()],
+                ))  # fmt: skip
+            have = sum(len(k.records) for k in kept)
+            if have >= size or rounds == self.max_refill_rounds:
+                break
+            rounds += 1
+            fresh = [train_set[int(i)] for i in torch.randint(len(train_set), (size - have,), generator=gen)]
+            records = [e["record"] for e in fresh]
+            prompts, completions, texts, scored = sample_and_score(
+                adapter, module.reward, [e["image"] for e in fresh], [e["prompt"] for e in fresh], records, g,
+                self.max_new_tokens, self.temperature, self.top_p, module.rollout_step, module.device,
+            )  # fmt: skip
+        log = dict(on_step=True, on_epoch=False, batch_size=1)
+        module.log("rollout/dropped_groups", float(dropped), **log)
+        module.log("rollout/refill_rounds", float(rounds), **log)
+        if not kept:  # no group had spread: train on the last round (all advantages are 0)
+            return prompts, completions, texts, scored, records
+        terms = {k: torch.cat([x.scored.terms[k] for x in kept]) for k in kept[0].scored.terms}
+        return (
+            adapter.concat([x.prompts for x in kept]),
+            adapter.concat_completions([x.completions for x in kept]),
+            [t for x in kept for t in x.texts],
+            RewardOutput(torch.cat([x.scored.rewards for x in kept]), terms),
+            [r for x in kept for r in x.records],
+        )
+
+
+@dataclass
+class _Groups:
+    """Whole groups kept by dynamic sampling (G consecutive rows per record)."""
+
+    prompts: PromptBatch
+    completions: Completions
+    texts: list[str]
+    scored: RewardOutput
+    records: list

@@ -125,6 +125,27 @@ class VLMAdapter:
             None if batch.mm_token_type_ids is None else batch.mm_token_type_ids[index],
         )
 
+    def concat(self, batches: list[PromptBatch]) -> PromptBatch:
+        """The rows of several batches in order, left-padded again to the longest prompt."""
+        width = max(b.input_ids.shape[1] for b in batches)
+
+        def cat(name: str, value: int = 0) -> Tensor | None:
+            parts = [getattr(b, name) for b in batches]
+            if parts[0] is None:
+                return None
+            if name in ("input_ids", "attention_mask", "mm_token_type_ids"):
+                parts = [F.pad(t, (width - t.shape[1], 0), value=value) for t in parts]
+            return torch.cat(parts)  # Qwen-VL's flattened patches and LLaVA's images both stack on dim 0
+
+        return PromptBatch(cat("input_ids", self.tokenizer.pad_token_id), cat("attention_mask"),
+                           cat("pixel_values"), cat("image_grid_thw"), cat("mm_token_type_ids"))  # fmt: skip
+
+    def concat_completions(self, parts: list[Completions]) -> Completions:
+        width = max(c.ids.shape[1] for c in parts)
+        ids = torch.cat([F.pad(c.ids, (0, width - c.ids.shape[1]), value=self.tokenizer.pad_token_id) for c in parts])
+        mask = torch.cat([F.pad(c.mask, (0, width - c.mask.shape[1])) for c in parts])
+        return Completions(ids, mask, torch.cat([c.truncated for c in parts]))
+
     # ---- forward passes ------------------------------------------------------------------
     def _forward_kwargs(self, batch: PromptBatch, extra: Tensor, extra_mask: Tensor) -> dict:
         input_ids = torch.cat([batch.input_ids, extra], dim=1)
