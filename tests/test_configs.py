@@ -10,8 +10,9 @@ from lit_caprl.cli import CapRLCLI, main
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = sorted((ROOT / "experiments").rglob("*.yaml"))
-CONFIGS = [c for c in ALL if yaml.safe_load(c.read_text()).get("model")]  # `lit-caprl fit` configs
+CONFIGS = [c for c in ALL if c.parent.name != "overlays" and yaml.safe_load(c.read_text()).get("model")]
 TOOL_CONFIGS = [c for c in ALL if c.name.startswith("mine_pairs")]  # `lit-caprl mine-pairs --config`
+OVERLAYS = [c for c in ALL if c.parent.name == "overlays"]  # `-c BASE.yaml -c overlays/BASE_what.yaml`
 
 
 class ParseOnlyCLI(CapRLCLI):
@@ -22,7 +23,14 @@ class ParseOnlyCLI(CapRLCLI):
 def test_there_are_configs():
     assert len(CONFIGS) >= 4 and TOOL_CONFIGS
     pipelines = [c for c in ALL if c.name.startswith("pipeline")]
-    assert set(ALL) == set(CONFIGS) | set(TOOL_CONFIGS) | set(pipelines)  # each kind is parsed by a test
+    assert set(ALL) == set(CONFIGS) | set(TOOL_CONFIGS) | set(pipelines) | set(OVERLAYS)  # each kind is parsed
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[c.name for c in OVERLAYS])
+def test_overlay_parses_on_its_base(overlay):
+    base = overlay.parent.parent / f"{overlay.name.split('_')[0]}.yaml"
+    cli = ParseOnlyCLI(args=["-c", str(base), "-c", str(overlay)], run=False)
+    assert cli.config.model.init_args.reward.class_path.startswith("lit_caprl.rewards.")
 
 
 def mine_pairs_parser() -> ArgumentParser:

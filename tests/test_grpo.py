@@ -6,7 +6,7 @@ import torch
 from lit_caprl.callbacks import RewardLoggingCallback, RolloutCallback
 from lit_caprl.data import ShapesPromptData
 from lit_caprl.data.schema import load_records
-from lit_caprl.rewards import CapRLQAReward, RewardOutput
+from lit_caprl.rewards import CapRLQAReward, CompositeReward, LengthPenalty, RewardOutput
 from lit_caprl.stages import GRPOStage
 
 
@@ -74,3 +74,17 @@ def test_dynamic_sampling_drops_zero_std_groups_and_refills(tiny_models, shapes_
         assert ro.rewards.shape == (4, 4)  # refilled to the full batch of 4 groups
         assert (ro.rewards.std(dim=1) > 0).all()  # no zero-std group is left
         assert len(ro.prompts) == len(ro.completions.ids) == len(ro.texts) == 16
+
+
+def test_grpo_with_a_composite_reward_logs_each_term(tiny_models, shapes_root, tmp_path):
+    L.seed_everything(0)
+    reward = CompositeReward(
+        {"qa": CapRLQAReward(tiny_models["qwen2"], num_draws=2), "length": LengthPenalty(l1=4, l2=8)},
+        {"length": 0.5},
+    )
+    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, lr=1e-3, micro_batch_size=8)
+    trainer = _trainer(tmp_path, 1, [RolloutCallback(num_generations=2, max_new_tokens=8), RewardLoggingCallback()])
+    trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
+    for key in ("reward/qa/mean", "reward/length/mean", "reward/excluded_qa/mean", "train/reward"):
+        assert key in trainer.callback_metrics, key
+    assert not reward.training and all(not p.requires_grad for p in reward.parameters())
