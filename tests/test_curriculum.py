@@ -60,3 +60,26 @@ def test_bad_schedules_are_rejected():
         CurriculumCallback(levels=[1, 2])
     with pytest.raises(ValueError, match="increasing milestones"):
         CurriculumCallback(levels=[1, 2, 3], milestones=[5])
+
+
+def test_level_survives_a_resume_from_checkpoint(shapes_root, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def trainer(steps, callbacks):
+        return L.Trainer(
+            accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            limit_val_batches=0, default_root_dir=tmp_path, callbacks=callbacks,
+        )  # fmt: skip
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    first = CurriculumCallback(levels=[1, 2, 3, 4], threshold=0.5, window=1)
+    trainer(4, [first, ckpt]).fit(LevelProbe([0.9]), datamodule=ShapesPromptData(shapes_root, batch_size=4))
+    assert first.level == 4  # advanced once per step: 1 -> 2 -> 3 -> 4
+    resumed_cb = CurriculumCallback(levels=[1, 2, 3, 4], threshold=0.5, window=1)
+    module = LevelProbe([0.0])  # low reward now: the level can only come from the checkpoint
+    trainer(6, [resumed_cb]).fit(
+        module,
+        datamodule=ShapesPromptData(shapes_root, batch_size=4),
+        ckpt_path=str(tmp_path / "ckpt/epoch=0-step=4.ckpt"),
+    )
+    assert resumed_cb.level == 4 and max(module.seen) > 2
