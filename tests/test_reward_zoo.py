@@ -154,3 +154,50 @@ def test_nli_fidelity_penalises_a_contradicting_caption(tmp_path):
     wrong = reward([caption([recolor(s[0])]) for s in scenes], records).rewards
     assert (right > wrong).float().mean() > 0.9
     assert math.isnan(reward([GOLD], [_record(captions=())]).rewards[0])
+
+
+def test_clip_similarity_prefers_the_image_own_caption(shapes_root, tmp_path):
+    """A tiny CLIP, trained contrastively in the test for a few seconds, then loaded by the reward."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from lit_caprl.data import shapes
+    from lit_caprl.data.schema import load_records
+    from lit_caprl.models.tiny import build_tokenizer
+    from lit_caprl.rewards import ClipSimilarity
+
+    tok = build_tokenizer("qwen2")  # CLIP pools at the first EOS: append one, pad on the right
+    tok.padding_side = "right"
+    tok._tokenizer.post_processor = TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 0)])
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64, eos_token_id=0, pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=shapes.IMAGE_SIZE, patch_size=shapes.CELL),
+        projection_dim=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CLIPModel(cfg)
+    side = {"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE}
+    processor = CLIPImageProcessor(size={"shortest_edge": shapes.IMAGE_SIZE}, crop_size=side)
+    train, _ = load_records(f"{shapes_root}/train.jsonl")
+    pixels = processor(images=[r.load_image() for r in train], return_tensors="pt")["pixel_values"]
+    text = tok([r.captions[0] for r in train], padding=True, return_tensors="pt")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        idx = torch.randperm(len(train))[:32]
+        out = model(input_ids=text["input_ids"][idx], attention_mask=text["attention_mask"][idx],
+                    pixel_values=pixels[idx], return_loss=True)  # fmt: skip
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    model.save_pretrained(tmp_path / "clip")
+    tok.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+
+    reward = ClipSimilarity(str(tmp_path / "clip"))
+    assert not reward.training and not any(p.requires_grad for p in reward.parameters())
+    val, _ = load_records(f"{shapes_root}/val.jsonl")
+    own = reward([r.captions[0] for r in val], val).rewards
+    other = reward([r.captions[0] for r in val[1:] + val[:1]], val).rewards  # another scene's caption
+    assert (own > other).float().mean() >= 0.75
