@@ -7,6 +7,7 @@ lit-caprl data check FILE.jsonl
 lit-caprl mine-pairs --config experiments/shapes/mine_pairs.yaml [--min_margin 0.2]
 lit-caprl report --data val.jsonl --reader READER --policy sft=EXPORT --policy grpo=EXPORT --out DIR
 lit-caprl pipeline experiments/shapes/pipeline.yaml [--force grpo]
+lit-caprl curate --data val.jsonl --vlm VLM_EXPORT --reader READER_EXPORT --out DIR
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ def _data(argv: list[str]) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--min-objects", type=int, default=1)
     s.add_argument("--max-objects", type=int, default=4)
+    s.add_argument("--leaky", type=float, default=0.0, help="share of scenes with a question answerable blind")
     c = sub.add_parser("check", help="validate JSONL files; print every problem as file:line: field: message")
     c.add_argument("files", nargs="+")
     a = p.parse_args(argv)
     if a.cmd == "shapes":
-        print(shapes.write_dataset(a.out, a.n, a.n_val, a.seed, a.min_objects, a.max_objects))
+        print(shapes.write_dataset(a.out, a.n, a.n_val, a.seed, a.min_objects, a.max_objects, a.leaky))
         return 0
     bad = 0
     for f in a.files:
@@ -153,6 +155,21 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+def _curate(argv: list[str]) -> int:
+    from lit_caprl.curation import curate
+
+    p = argparse.ArgumentParser(prog="lit-caprl curate", description="Keep MCQs that need the image (CapRL's filter).")
+    p.add_argument("--data", required=True, help="JSONL with candidate MCQs")
+    p.add_argument("--vlm", required=True, help="a VLM export that answers MCQs from the image")
+    p.add_argument("--reader", required=True, help="the text-only reader export (answers blind)")
+    p.add_argument("--out", required=True, help="directory for curated.jsonl and stats.json")
+    p.add_argument("--tau-v", type=float, default=0.75, help="keep if visual accuracy > this")
+    p.add_argument("--tau-b", type=float, default=0.25, help="... and blind accuracy < this")
+    a = p.parse_args(argv)
+    curate(a.data, a.vlm, a.reader, a.out, a.tau_v, a.tau_b)
+    return 0
+
+
 def _pipeline(argv: list[str]) -> int:
     from lit_caprl.pipeline import run_pipeline
 
@@ -172,6 +189,7 @@ TOOLS = {
     "eval": _eval,
     "mine-pairs": _mine_pairs,
     "report": _report,
+    "curate": _curate,
     "pipeline": _pipeline,
 }
 

@@ -1,4 +1,4 @@
-"""Atomic writes: a reader of `out` sees the old contents or the new, never half of them."""
+"""Atomic writes (a reader of `out` sees the old contents or the new, never half of them), and image links."""
 
 from __future__ import annotations
 
@@ -29,3 +29,18 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(tmp, out)
+
+
+def link_image(record, out_dir: Path) -> str:
+    """Hard-link (or copy, across filesystems) a record's image into `out_dir/images/` and
+    return its path relative to `out_dir`: derived data sets stay self-contained and pass the
+    schema's rule that images live under the data file's folder."""
+    rel = f"images/{record.id}{record.image.suffix}"
+    dest = Path(out_dir) / rel
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(record.image, dest)
+        except OSError:
+            shutil.copyfile(record.image, dest)
+    return rel

@@ -10,15 +10,13 @@ self-contained and passes the schema's rule that images live under the data file
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from lit_caprl.data import prompts as prompt_texts
 from lit_caprl.data.schema import Record, load_records
-from lit_caprl.io import atomic_dir
+from lit_caprl.io import atomic_dir, link_image
 from lit_caprl.models.loading import load_model
 from lit_caprl.rewards.base import FrozenReward
 from lit_caprl.sampling import sample_and_score
@@ -67,24 +65,12 @@ class PairWriter:
         self.dir = Path(out_dir)
         (self.dir / "images").mkdir(parents=True, exist_ok=True)
 
-    def _image(self, record: Record) -> str:
-        rel = f"images/{record.id}{record.image.suffix}"
-        dest = self.dir / rel
-        if not dest.exists():
-            try:
-                os.link(record.image, dest)
-            except OSError:  # another filesystem, or links not allowed
-                shutil.copyfile(record.image, dest)
-        return rel
-
     def append(self, pairs: list[tuple[Record, dict]]) -> int:
         lines = []
         for record, fields in pairs:
-            questions = [{"question": q.question, "options": list(q.options), "answer": q.answer}
-                         for q in record.questions]  # fmt: skip
-            row = {"id": fields["id"], "image": self._image(record), "questions": questions,
-                   "captions": list(record.captions), "chosen": fields["chosen"], "rejected": fields["rejected"],
-                   "meta": fields["meta"]}  # fmt: skip
+            row = {"id": fields["id"], "image": link_image(record, self.dir),
+                   "questions": [q.to_json() for q in record.questions], "captions": list(record.captions),
+                   "chosen": fields["chosen"], "rejected": fields["rejected"], "meta": fields["meta"]}  # fmt: skip
             lines.append(json.dumps(row) + "\n")
         with open(self.dir / PAIRS_FILE, "a") as f:
             f.write("".join(lines))

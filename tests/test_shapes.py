@@ -2,7 +2,7 @@ import hashlib
 import random
 from pathlib import Path
 
-from lit_caprl.data import shapes
+from lit_caprl.data import prompts, shapes
 from lit_caprl.data.datamodules import reader_examples
 from lit_caprl.data.prompts import CANNOT_ANSWER
 from lit_caprl.data.schema import LETTERS, load_records
@@ -67,6 +67,20 @@ def test_vocabulary_covers_all_text(shapes_root):
     for e in reader_examples(records, seed=0)[:500]:
         ids = tok(e["prompt"] + " " + e["prefill"])["input_ids"]
         assert tok.unk_token_id not in ids, e["prompt"]
+    q = records[0].questions[0]
+    for text in (prompts.DEFAULT_CAPTION_PROMPT, prompts.visual_question(q.question, q.options)):
+        assert tok.unk_token_id not in tok(text)["input_ids"], text
+
+
+def test_leaky_questions_are_answerable_from_their_own_text(tmp_path):
+    root = shapes.write_dataset(tmp_path / "leaky", n_train=40, n_val=0, seed=0, leaky=0.5)
+    records, _ = load_records(root / "train.jsonl")
+    leaky = [q for r in records for q in r.questions if q.type == "leaky"]
+    assert 10 <= len(leaky) <= 30
+    for q in leaky:
+        assert shapes.answer_from_objects(q.question, list(q.options), []) == q.answer_text  # no caption needed
+    plain = shapes.write_dataset(tmp_path / "plain", n_train=40, n_val=0, seed=0)
+    assert all(q.type != "leaky" for r in load_records(plain / "train.jsonl")[0] for q in r.questions)
 
 
 def test_shapes_datamodules_write_data_on_first_use_only(tmp_path):

@@ -5,6 +5,15 @@ from lit_caprl.data.datamodules import (
     ShapesCaptionData,
     ShapesPromptData,
     ShapesReaderData,
+    ShapesVQAData,
 )
 
-__all__ = ["CaptionData", "PairData", "PromptData", "ShapesCaptionData", "ShapesPromptData", "ShapesReaderData"]
+__all__ = [
+    "CaptionData",
+    "PairData",
+    "PromptData",
+    "ShapesCaptionData",
+    "ShapesPromptData",
+    "ShapesReaderData",
+    "ShapesVQAData",
+]

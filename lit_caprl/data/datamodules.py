@@ -162,14 +162,16 @@ class ShapesCaptionData(_ShapesSource, CaptionData):
 def reader_examples(records: list[Record], seed: int) -> list[dict]:
     """(caption, question) pairs labelled by what the caption alone answers.
 
-    Every record contributes its gold caption and its partial captions, each asked every
-    question with shuffled options; a question about an object the caption omits is
-    labelled "cannot answer" (the last option), which is what keeps the reward honest.
+    Every record contributes its gold caption, its partial captions and the empty caption,
+    each asked every question with shuffled options; a question about an object the caption
+    omits is labelled "cannot answer" (the last option), which is what keeps the reward
+    honest: an empty caption earns nothing, except on a question that gives its own answer
+    away (ShapesWorld's leaky questions), which QA curation must then catch.
     """
     rng = random.Random(seed)
     out = []
     for r in records:
-        for cap in [*r.captions, *r.meta.get("partial_captions", [])]:
+        for cap in [*r.captions, *r.meta.get("partial_captions", []), ""]:
             claimed = shapes.parse_caption(cap)
             for q in r.questions:
                 options = list(q.options)
@@ -206,6 +208,46 @@ class ShapesReaderData(_ShapesSource, _Base):
         val, _ = load_records(self.root / "val.jsonl")
         self.train_set = ListDataset(reader_examples(train, self.seed), dict)
         self.val_set = ListDataset(reader_examples(val, self.seed + 1), dict)
+
+
+def visual_examples(records: list[Record], seed: int) -> list[dict]:
+    """(image, question) pairs for a VLM that answers MCQs by looking (QA curation's visual
+    judge): every question of every record, options shuffled, target the answer letter."""
+    rng = random.Random(seed)
+    out = []
+    for r in records:
+        for q in r.questions:
+            order = rng.sample(range(len(q.options)), len(q.options))
+            options = [q.options[j] for j in order]
+            out.append((r, prompts.visual_question(q.question, options), LETTERS[options.index(q.answer_text)]))
+    return out
+
+
+class ShapesVQAData(_ShapesSource, _Base):
+    """Image + MCQ -> option letter SFT on ShapesWorld: trains the visual judge of `lit-caprl curate`."""
+
+    def __init__(
+        self,
+        root: str = "runs/data/shapes",
+        n_train: int = 4000,
+        n_val: int = 500,
+        seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        self._shapes(root, n_train, n_val, seed)
+
+    @staticmethod
+    def _example(item: tuple[Record, str, str]) -> dict:
+        record, prompt, letter = item
+        return {"image": record.load_image(), "prompt": prompt, "prefill": prompts.ANSWER_PREFIX, "target": letter}
+
+    def setup(self, stage: str | None = None) -> None:
+        train, _ = load_records(self.root / "train.jsonl")
+        val, _ = load_records(self.root / "val.jsonl")
+        self.train_set = ListDataset(visual_examples(train, self.seed), self._example)
+        self.val_set = ListDataset(visual_examples(val, self.seed + 1), self._example)
 
 
 class PromptData(_FileData):

@@ -16,6 +16,7 @@ INSTRUCTION = (
     "if the caption does not tell , choose the option cannot answer from the caption ."
 )
 ANSWER_PREFIX = "the answer is"
+VISUAL_INSTRUCTION = "answer the question about the image ."
 
 
 def shown_options(options: list[str] | tuple[str, ...]) -> list[str]:
@@ -31,3 +32,10 @@ def reader_question(caption: str, question: str, options: list[str] | tuple[str,
     and the caption comes last, so every caption token can already see what is asked."""
     lettered = " , ".join(f"{o} {LETTERS[i]}" for i, o in enumerate(shown_options(options)))
     return f"{INSTRUCTION} question : {question} options : {lettered} . caption : {caption}"
+
+
+def visual_question(question: str, options: list[str] | tuple[str, ...]) -> str:
+    """The prompt of a VLM that sees the image (QA curation's visual pass): no caption and no
+    "cannot answer" option, the same option layout as the reader's."""
+    lettered = " , ".join(f"{o} {LETTERS[i]}" for i, o in enumerate(options))
+    return f"{VISUAL_INSTRUCTION} question : {question} options : {lettered} ."

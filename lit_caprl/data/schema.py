@@ -4,7 +4,8 @@
      "image": "images/1.png",             # relative to the JSONL's folder, never outside it
      "captions": ["a big red circle ..."],   # optional, non-empty strings (SFT targets, references)
      "questions": [                       # at least one
-        {"question": "what color ...?", "options": ["red", "blue", "green", "yellow"], "answer": "A"}],
+        {"question": "what color ...?", "options": ["red", "blue", "green", "yellow"], "answer": "A",
+         "type": "color"}],               # `type` is optional
      "chosen": "...", "rejected": "...",  # optional, together: a preference pair (DPO)
      "meta": {...}}                       # optional, free-form (ShapesWorld keeps its scene here;
                                           # mined pairs keep their rewards and policy here)
@@ -53,10 +54,15 @@ class MCQ:
     question: str
     options: tuple[str, ...]
     answer: str
+    type: str = ""  # optional label (ShapesWorld: color, shape, ...), kept for per-type statistics
 
     @property
     def answer_text(self) -> str:
         return self.options[LETTERS.index(self.answer)]
+
+    def to_json(self) -> dict:
+        out = {"question": self.question, "options": list(self.options), "answer": self.answer}
+        return out | ({"type": self.type} if self.type else {})
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,7 @@ def validate(obj: object, root: Path) -> list[tuple[str, str]]:
 
 
 def _to_record(obj: dict, root: Path, source: str) -> Record:
-    qs = tuple(MCQ(q["question"], tuple(q["options"]), q["answer"]) for q in obj["questions"])
+    qs = tuple(MCQ(q["question"], tuple(q["options"]), q["answer"], q.get("type", "")) for q in obj["questions"])
     return Record(
         obj["id"], (root / obj["image"]).resolve(), qs, tuple(obj.get("captions", [])), obj.get("meta", {}), source,
         obj.get("chosen"), obj.get("rejected"),

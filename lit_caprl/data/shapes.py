@@ -150,8 +150,10 @@ def _choose(rng: random.Random, answer: str, pool: list[str]) -> list[str]:
     return options
 
 
-def make_questions(rng: random.Random, objects: list[ShapeObject]) -> list[Question]:
-    """About five MCQs per scene: colour, shape, position, count and existence."""
+def make_questions(rng: random.Random, objects: list[ShapeObject], leaky: bool = False) -> list[Question]:
+    """About five MCQs per scene: colour, shape, position, count and existence; with `leaky`,
+    also one whose answer is in its own text ("what color is the red circle ?"), the kind of
+    question CapRL's curation removes because a reader answers it without any caption."""
     out: list[Question] = []
     a, b = rng.choice(objects), rng.choice(objects)
     opts = _choose(rng, a.color, list(COLORS))
@@ -173,6 +175,10 @@ def make_questions(rng: random.Random, objects: list[ShapeObject]) -> list[Quest
     opts = [present] + rng.sample(absent, 3)
     rng.shuffle(opts)
     out.append(Question("which object is in the image ?", tuple(opts), _letter(opts, present), "existence"))
+    if leaky:
+        d = rng.choice(objects)
+        opts = _choose(rng, d.color, list(COLORS))
+        out.append(Question(f"what color is the {d.color} {d.shape} ?", tuple(opts), _letter(opts, d.color), "leaky"))
     return out
 
 
@@ -182,6 +188,7 @@ _QUESTION_RES = {
     "position": re.compile(r"where is the (\S+) (\S+) \?"),
     "count": re.compile(r"how many objects are there \?"),
     "existence": re.compile(r"which object is in the image \?"),
+    "leaky": re.compile(r"what color is the (\S+) (\S+) \?"),
 }
 
 
@@ -202,6 +209,8 @@ def answer_from_objects(question: str, options: list[str], objects: list[ShapeOb
         elif kind == "position":
             found = [o.position for o in objects if (o.color, o.shape) == (m[1], m[2])]
             value = found[0] if len(found) == 1 else None
+        elif kind == "leaky":
+            value = m[1]  # stated by the question itself: answerable with no caption at all
         elif kind == "count":
             value = NUMBERS[len(objects) - 1] if 0 < len(objects) <= len(NUMBERS) else None
         else:
@@ -224,15 +233,17 @@ def partial_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> 
 
 
 def make_scene_record(
-    rng: random.Random, idx: int, min_objects: int, max_objects: int, n_partial: int = 2
+    rng: random.Random, idx: int, min_objects: int, max_objects: int, n_partial: int = 2, leaky: float = 0.0
 ) -> tuple[dict, Image.Image]:
-    """One JSONL record (image path filled in by the writer) and its image."""
+    """One JSONL record (image path filled in by the writer) and its image; a `leaky` share of
+    records also get a question answerable from its own text."""
     objects = sample_scene(rng, min_objects, max_objects)
+    with_leak = leaky > 0 and rng.random() < leaky  # draws nothing when off: default data stays byte-identical
     record = {
         "id": f"shapes-{idx:06d}",
         "image": f"images/{idx:06d}.png",
         "captions": [caption(objects)],
-        "questions": [q.to_json() for q in make_questions(rng, objects)],
+        "questions": [q.to_json() for q in make_questions(rng, objects, with_leak)],
         "meta": {
             "level": len(objects),
             "objects": [asdict(o) for o in objects],
@@ -254,7 +265,13 @@ def vocabulary() -> list[str]:
 
 
 def write_dataset(
-    out_dir: str | Path, n_train: int, n_val: int, seed: int, min_objects: int = 1, max_objects: int = 4
+    out_dir: str | Path,
+    n_train: int,
+    n_val: int,
+    seed: int,
+    min_objects: int = 1,
+    max_objects: int = 4,
+    leaky: float = 0.0,
 ) -> Path:
     """Write `train.jsonl`, `val.jsonl` and `images/` under `out_dir`, atomically."""
     with atomic_dir(out_dir) as tmp:
@@ -264,7 +281,7 @@ def write_dataset(
             rng = random.Random(f"shapes-{seed}-{split}")
             with open(tmp / f"{split}.jsonl", "w") as f:
                 for idx in range(start, start + n):
-                    record, image = make_scene_record(rng, idx, min_objects, max_objects)
+                    record, image = make_scene_record(rng, idx, min_objects, max_objects, leaky=leaky)
                     image.save(tmp / record["image"], format="PNG")
                     f.write(json.dumps(record) + "\n")
             start += n

@@ -60,12 +60,13 @@ _VISION = {
 def vocabulary() -> list[str]:
     """Special tokens, then every word of ShapesWorld, the prompts and the option letters."""
     words = set(shapes.vocabulary())
-    probe = (
-        prompts.reader_question("caption", "question", ["option"])
-        + prompts.ANSWER_PREFIX
-        + prompts.DEFAULT_CAPTION_PROMPT
-    )
-    words |= set(probe.split())
+    probe = [
+        prompts.reader_question("caption", "question", ["option"]),
+        prompts.ANSWER_PREFIX,
+        prompts.DEFAULT_CAPTION_PROMPT,
+        prompts.visual_question("question", ["option"]),
+    ]
+    words |= set(" ".join(probe).split())
     words |= set(LETTERS[:8]) | {"user", "assistant", "system"}
     return SPECIAL_TOKENS + sorted(words)
 

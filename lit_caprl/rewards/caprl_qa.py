@@ -147,20 +147,26 @@ def option_letter_ids(tokenizer, reader: str, n: int = 8) -> list[int]:
     return ids
 
 
-def _prompt_batches(adapter: VLMAdapter, texts: list[str], batch_size: int):
+def _prompt_batches(adapter: VLMAdapter, texts: list[str], batch_size: int, images: list | None = None):
     for s in range(0, len(texts), batch_size):
-        yield s, adapter.encode_prompts(texts[s : s + batch_size]).to(adapter.model.device)
+        chunk = None if images is None else images[s : s + batch_size]
+        yield s, adapter.encode_prompts(texts[s : s + batch_size], chunk).to(adapter.model.device)
 
 
 @torch.no_grad()
 def letter_logits(
-    adapter: VLMAdapter, letter_ids: list[int], texts: list[str], n_shown: list[int], batch_size: int
+    adapter: VLMAdapter,
+    letter_ids: list[int],
+    texts: list[str],
+    n_shown: list[int],
+    batch_size: int,
+    images: list | None = None,
 ) -> Tensor:
-    """The reader's logits over the option letters at the answer position, [N, max options];
-    letters beyond a prompt's own options are -inf."""
+    """The model's logits over the option letters at the answer position, [N, max options];
+    letters beyond a prompt's own options are -inf. `images` (one per prompt) for a VLM."""
     n = max(n_shown)
     out = torch.empty(len(texts), n)
-    for s, batch in _prompt_batches(adapter, texts, batch_size):
+    for s, batch in _prompt_batches(adapter, texts, batch_size, images):
         out[s : s + len(batch)] = adapter.next_token_logits(batch)[:, letter_ids[:n]].cpu()
     valid = torch.arange(n)[None] < torch.tensor(n_shown)[:, None]
     return out.masked_fill(~valid, float("-inf"))

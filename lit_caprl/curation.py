@@ -1,0 +1,99 @@
+"""CapRL's QA filter: keep a question only if it needs the image.
+
+A VLM answers each MCQ looking at the image (visual accuracy); the text-only reader
+answers it from the question alone, with an empty caption (blind accuracy). Both are
+averaged over every cyclic rotation of the options, which cancels letter bias. A question
+is kept when visual accuracy > tau_v (it is answerable) and blind accuracy < tau_b (it
+is not guessable without looking).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import torch
+
+from lit_caprl.data import prompts
+from lit_caprl.data.schema import LETTERS, MCQ, Record, load_records
+from lit_caprl.io import atomic_dir, link_image
+from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.models.loading import load_model
+from lit_caprl.rewards.caprl_qa import letter_logits, option_letter_ids
+
+
+def keep_question(visual: float, blind: float, tau_v: float = 0.75, tau_b: float = 0.25) -> bool:
+    return visual > tau_v and blind < tau_b
+
+
+def _rotations(q: MCQ) -> list[tuple[list[str], int]]:
+    """(shown options, index of the right one) for each cyclic rotation."""
+    n, right = len(q.options), LETTERS.index(q.answer)
+    return [([q.options[(j + r) % n] for j in range(n)], (right - r) % n) for r in range(n)]
+
+
+def rotation_accuracy(
+    adapter: VLMAdapter, records: list[Record], visual: bool, batch_size: int = 64
+) -> list[list[float]]:
+    """Per record, per question: the share of option rotations the model answers right.
+    visual: the VLM sees the image; else the reader sees only the question (empty caption)."""
+    texts, images, n_shown, correct, owner = [], [], [], [], []
+    for i, r in enumerate(records):
+        image = r.load_image() if visual else None
+        for k, q in enumerate(r.questions):
+            for options, right in _rotations(q):
+                if visual:
+                    texts.append(
+                        adapter.chat(prompts.visual_question(q.question, options), True, prompts.ANSWER_PREFIX)
+                    )
+                    n_shown.append(len(options))
+                else:
+                    body = prompts.reader_question("", q.question, options)
+                    texts.append(adapter.chat(body, False, prompts.ANSWER_PREFIX))
+                    n_shown.append(len(options) + 1)  # + "cannot answer"
+                images.append(image)
+                correct.append(right)
+                owner.append((i, k))
+    ids = option_letter_ids(adapter.tokenizer, adapter.model.name_or_path, max(n_shown))
+    adapter.model.eval()
+    picks = letter_logits(adapter, ids, texts, n_shown, batch_size, images if visual else None).argmax(-1)
+    hits: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for key, pick, right in zip(owner, picks.tolist(), correct, strict=True):
+        hits[key].append(float(pick == right))
+    return [[sum(hits[i, k]) / len(hits[i, k]) for k in range(len(r.questions))] for i, r in enumerate(records)]
+
+
+def curate(data: str, vlm: str, reader: str, out: str, tau_v: float = 0.75, tau_b: float = 0.25) -> dict:
+    """Filter `data`'s MCQs; write the kept records (`out/curated.jsonl`, images linked) and
+    `out/stats.json` (counts overall and per question type), atomically. Records left with
+    no question are dropped and counted."""
+    records, _ = load_records(data)
+    with torch.no_grad():
+        visual = rotation_accuracy(load_model(vlm), records, visual=True)
+        blind = rotation_accuracy(load_model(reader), records, visual=False)
+    by_type: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "kept": 0})
+    kept_records, dropped = [], 0
+    for r, vis, bl in zip(records, visual, blind, strict=True):
+        keep = [q for q, v, b in zip(r.questions, vis, bl, strict=True) if keep_question(v, b, tau_v, tau_b)]
+        for q, v, b in zip(r.questions, vis, bl, strict=True):
+            by_type[q.type or "untyped"]["n"] += 1
+            by_type[q.type or "untyped"]["kept"] += keep_question(v, b, tau_v, tau_b)
+        if keep:
+            kept_records.append((r, keep, vis, bl))
+        else:
+            dropped += 1
+    stats = {
+        "data": data, "vlm": vlm, "reader": reader, "tau_v": tau_v, "tau_b": tau_b,
+        "questions": sum(t["n"] for t in by_type.values()), "kept": sum(t["kept"] for t in by_type.values()),
+        "records": len(records), "records_dropped": dropped, "by_type": dict(by_type),
+    }  # fmt: skip
+    with atomic_dir(out) as tmp:
+        with open(tmp / "curated.jsonl", "w") as f:
+            for r, keep, vis, bl in kept_records:
+                row = {"id": r.id, "image": link_image(r, tmp), "questions": [q.to_json() for q in keep],
+                       "captions": list(r.captions),
+                       "meta": {**r.meta, "curation": {"visual": vis, "blind": bl}}}  # fmt: skip
+                f.write(json.dumps(row) + "\n")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+    print(json.dumps(stats, indent=2))
+    return stats
