@@ -71,17 +71,22 @@ def curate(data: str, vlm: str, reader: str, out: str, tau_v: float = 0.75, tau_
     with torch.no_grad():
         visual = rotation_accuracy(load_model(vlm), records, visual=True)
         blind = rotation_accuracy(load_model(reader), records, visual=False)
-    by_type: dict[str, dict[str, int]] = defaultdict(lambda: {"n": 0, "kept": 0})
+    by_type: dict[str, dict[str, float]] = defaultdict(lambda: {"n": 0, "kept": 0, "visual": 0.0, "blind": 0.0})
     kept_records, dropped = [], 0
     for r, vis, bl in zip(records, visual, blind, strict=True):
         keep = [q for q, v, b in zip(r.questions, vis, bl, strict=True) if keep_question(v, b, tau_v, tau_b)]
         for q, v, b in zip(r.questions, vis, bl, strict=True):
-            by_type[q.type or "untyped"]["n"] += 1
-            by_type[q.type or "untyped"]["kept"] += keep_question(v, b, tau_v, tau_b)
+            t = by_type[q.type or "untyped"]
+            t["n"] += 1
+            t["kept"] += keep_question(v, b, tau_v, tau_b)
+            t["visual"] += v
+            t["blind"] += b
         if keep:
             kept_records.append((r, keep, vis, bl))
         else:
             dropped += 1
+    for t in by_type.values():  # sums -> mean accuracies, so a judge that fails shows which side
+        t["visual"], t["blind"] = round(t["visual"] / t["n"], 4), round(t["blind"] / t["n"], 4)
     stats = {
         "data": data, "vlm": vlm, "reader": reader, "tau_v": tau_v, "tau_b": tau_b,
         "questions": sum(t["n"] for t in by_type.values()), "kept": sum(t["kept"] for t in by_type.values()),

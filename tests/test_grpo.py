@@ -21,12 +21,13 @@ def _trainer(tmp_path, steps: int, callbacks) -> L.Trainer:
 def test_one_grpo_step_moves_policy_only(tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
     reward = CapRLQAReward(tiny_models["qwen2"], num_draws=2)
-    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, lr=1e-2, beta=0.04, mu=2, micro_batch_size=4)
+    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, num_generations=4, max_new_tokens=8, lr=1e-2, beta=0.04,
+                       mu=2, micro_batch_size=4)  # fmt: skip
     policy0 = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     reader0 = {n: p.detach().clone() for n, p in module.reward.named_parameters()}
     ref0 = {n: p.detach().clone() for n, p in module.ref.named_parameters()}
     assert all(not p.requires_grad for p in module.reward.parameters())
-    rollouts = RolloutCallback(num_generations=4, max_new_tokens=8, pairs_dir=str(tmp_path / "pairs"))
+    rollouts = RolloutCallback(pairs_dir=str(tmp_path / "pairs"))
     trainer = _trainer(tmp_path, 1, [rollouts, RewardLoggingCallback()])
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
@@ -58,7 +59,8 @@ class _SpreadOnlyForEvenScenes(torch.nn.Module):
 
 def test_dynamic_sampling_drops_zero_std_groups_and_refills(tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
-    module = GRPOStage(tiny_models["qwen2_5_vl"], _SpreadOnlyForEvenScenes(), lr=1e-3, micro_batch_size=8)
+    module = GRPOStage(tiny_models["qwen2_5_vl"], _SpreadOnlyForEvenScenes(), num_generations=4, max_new_tokens=8,
+                       lr=1e-3, micro_batch_size=8)  # fmt: skip
     captured = []
 
     class Capture(RolloutCallback):
@@ -66,7 +68,7 @@ def test_dynamic_sampling_drops_zero_std_groups_and_refills(tiny_models, shapes_
             super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
             captured.append(batch["rollout"])
 
-    rollouts = Capture(num_generations=4, max_new_tokens=8, dynamic_sampling=True, max_refill_rounds=8)
+    rollouts = Capture(dynamic_sampling=True, max_refill_rounds=8)
     trainer = _trainer(tmp_path, 2, [rollouts])
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=4))
     assert trainer.callback_metrics["rollout/dropped_groups"] > 0
@@ -82,8 +84,8 @@ def test_grpo_with_a_composite_reward_logs_each_term(tiny_models, shapes_root, t
         {"qa": CapRLQAReward(tiny_models["qwen2"], num_draws=2), "length": LengthPenalty(l1=4, l2=8)},
         {"length": 0.5},
     )
-    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, lr=1e-3, micro_batch_size=8)
-    trainer = _trainer(tmp_path, 1, [RolloutCallback(num_generations=2, max_new_tokens=8), RewardLoggingCallback()])
+    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, num_generations=2, max_new_tokens=8, lr=1e-3)
+    trainer = _trainer(tmp_path, 1, [RolloutCallback(), RewardLoggingCallback()])
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
     for key in ("reward/qa/mean", "reward/length/mean", "reward/excluded_qa/mean", "train/reward"):
         assert key in trainer.callback_metrics, key

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from lightning.pytorch.loggers import WandbLogger
 
 
 class RewardLoggingCallback(L.Callback):
     """Logs what a GRPO user watches to tell learning from collapse or reward hacking.
 
     Args:
-        samples_every: print (and send to loggers that take text) a few captions every N rollout steps.
-        num_samples: how many captions with their rewards.
+        samples_every: at the first rollout step and every N after it, print a few captions and,
+            with a `WandbLogger`, log a `samples` table (image, caption, reward, each term,
+            advantage, length in tokens) gathered from every rank and logged by rank 0.
+        num_samples: captions per rank each time.
     """
 
     def __init__(self, samples_every: int = 10, num_samples: int = 3) -> None:
@@ -34,7 +38,35 @@ class RewardLoggingCallback(L.Callback):
         pl_module.log("completions/mean_length", ro.completions.lengths.float().mean(), prog_bar=True, **log)
         pl_module.log("completions/truncated_ratio", ro.completions.truncated.float().mean(), **log)
         step = pl_module.rollout_step
-        if self.samples_every and step % self.samples_every == 0 and trainer.is_global_zero:
-            rewards = ro.rewards.flatten().tolist()
-            for i in torch.linspace(0, n - 1, self.num_samples).long().tolist():
-                print(f"[rollout {step}] reward={rewards[i]:.3f} adv={float(ro.advantages[i]):+.2f} | {ro.texts[i]}")
+        if not self.samples_every or (step - 1) % self.samples_every:  # the first rollout, then every N
+            return
+        rows = self.sample_rows(ro)
+        if trainer.is_global_zero:
+            for r in rows:
+                print(f"[rollout {step}] reward={r['reward']:.3f} adv={r['advantage']:+.2f} | {r['caption']}")
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not wandb_loggers:
+            return
+        if dist.is_available() and dist.is_initialized():  # every rank takes part, rank 0 logs
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        if trainer.is_global_zero:
+            import wandb
+
+            columns = list(rows[0])
+            data = [[wandb.Image(r["image"]) if k == "image" else r[k] for k in columns] for r in rows]
+            for lg in wandb_loggers:
+                lg.log_table(key="samples", columns=columns, data=data, step=trainer.global_step)
+
+    def sample_rows(self, ro) -> list[dict]:
+        """`num_samples` evenly spaced captions of this rank's rollout, as plain table rows."""
+        n, g = len(ro.texts), len(ro.texts) // len(ro.records)
+        rewards = ro.rewards.flatten().tolist()
+        rows = []
+        for i in torch.linspace(0, n - 1, self.num_samples).long().tolist():
+            row = {"image": str(ro.records[i // g].image), "caption": ro.texts[i], "reward": rewards[i]}
+            row |= {name: float(v[i]) for name, v in ro.terms.items()}
+            row |= {"advantage": float(ro.advantages[i]), "tokens": int(ro.completions.lengths[i])}
+            rows.append(row)
+        return rows

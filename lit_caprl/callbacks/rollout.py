@@ -33,15 +33,15 @@ class Rollout:
     ref_logp: Tensor | None  # [N, L]; None when beta == 0
     temperature: float
     max_new_tokens: int
+    records: list  # [B], the record of each group (after dynamic sampling, not always the batch's)
 
 
 class RolloutCallback(L.Callback):
-    """Samples `num_generations` captions per prompt with the current policy and scores them.
+    """Samples G captions per prompt with the current policy and scores them. The sampling
+    settings (`num_generations`, `max_new_tokens`, `temperature`, `top_p`) are the GRPO
+    stage's hyper-parameters, so one config (or sweep) key sets each of them.
 
     Args:
-        num_generations: G, completions per prompt (CapRL: 8).
-        max_new_tokens: completion budget; captions without EOS by then count as truncated.
-        temperature, top_p: sampling settings; the policy's log-probs use the same temperature.
         pairs_dir: also mine DPO pairs (best vs worst caption of each group) from the scored
             rollouts into `pairs_dir/pairs.jsonl`, appended after every rollout step.
         pair_min_margin: keep a group's pair only if best - worst reward >= this.
@@ -53,19 +53,11 @@ class RolloutCallback(L.Callback):
 
     def __init__(
         self,
-        num_generations: int = 8,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
         pairs_dir: str | None = None,
         pair_min_margin: float = 0.0,
         dynamic_sampling: bool = False,
         max_refill_rounds: int = 3,
     ) -> None:
-        if num_generations < 2:
-            raise ValueError("GRPO needs num_generations >= 2 to compare completions of one prompt")
-        self.num_generations, self.max_new_tokens = num_generations, max_new_tokens
-        self.temperature, self.top_p = temperature, top_p
         self.pairs = PairWriter(pairs_dir) if pairs_dir else None
         self.pair_min_margin = pair_min_margin
         self.dynamic_sampling, self.max_refill_rounds = dynamic_sampling, max_refill_rounds
@@ -78,10 +70,11 @@ class RolloutCallback(L.Callback):
 
     @torch.no_grad()
     def rollout(self, module, batch: dict) -> Rollout:
-        g = self.num_generations
+        hp = module.hparams
+        g = hp.num_generations
         prompts, completions, texts, scored = sample_and_score(
             module.adapter, module.reward, batch["image"], batch["prompt"], batch["record"], g,
-            self.max_new_tokens, self.temperature, self.top_p, module.rollout_step, module.device,
+            hp.max_new_tokens, hp.temperature, hp.top_p, module.rollout_step, module.device,
         )  # fmt: skip
         records = list(batch["record"])
         if self.dynamic_sampling:
@@ -92,22 +85,18 @@ class RolloutCallback(L.Callback):
         if self.pairs is not None and module.trainer.is_global_zero:
             pairs = mine_groups(records, texts, rewards.cpu(), self.pair_min_margin, module.hparams.model)
             self.pairs.append(pairs)
-        hp = module.hparams
         advantages = group_advantages(rewards, hp.scale_rewards, hp.advantage).flatten()
-        old_logp = (
-            module.sequence_logprobs(module.adapter, prompts, completions, self.temperature) if hp.mu > 1 else None
-        )
+        old_logp = module.sequence_logprobs(module.adapter, prompts, completions, hp.temperature) if hp.mu > 1 else None
         ref_logp = (
-            module.sequence_logprobs(module.ref_adapter, prompts, completions, self.temperature)
-            if hp.beta > 0
-            else None
+            module.sequence_logprobs(module.ref_adapter, prompts, completions, hp.temperature) if hp.beta > 0 else None
         )
         return Rollout(prompts, completions, texts, rewards, advantages, scored.terms, old_logp, ref_logp,
-                       self.temperature, self.max_new_tokens)  # fmt: skip
+                       hp.temperature, hp.max_new_tokens, records)  # fmt: skip
 
     def _refill(self, module, prompts, completions, texts, scored, records):
         """Keep groups with reward spread; fill the batch back up with groups of fresh prompts."""
-        g, size, adapter = self.num_generations, len(records), module.adapter
+        hp, adapter = module.hparams, module.adapter
+        g, size = hp.num_generations, len(records)
         kept: list[_Groups] = []
         dropped = rounds = 0
         train_set = module.trainer.datamodule.train_set
@@ -133,7 +122,7 @@ class RolloutCallback(L.Callback):
             records = [e["record"] for e in fresh]
             prompts, completions, texts, scored = sample_and_score(
                 adapter, module.reward, [e["image"] for e in fresh], [e["prompt"] for e in fresh], records, g,
-                self.max_new_tokens, self.temperature, self.top_p, module.rollout_step, module.device,
+                hp.max_new_tokens, hp.temperature, hp.top_p, module.rollout_step, module.device,
             )  # fmt: skip
         log = dict(on_step=True, on_epoch=False, batch_size=1)
         module.log("rollout/dropped_groups", float(dropped), **log)

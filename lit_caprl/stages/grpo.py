@@ -26,6 +26,9 @@ class GRPOStage(L.LightningModule):
     Args:
         model, init_from, dtype: the policy and the weights it starts from (see `SFTStage`).
         reward: a frozen reward module (e.g. `CapRLQAReward`); it is a submodule but never trained.
+        num_generations: G, captions sampled per image (CapRL: 8).
+        max_new_tokens: caption budget; a caption without EOS by then counts as truncated.
+        temperature, top_p: sampling settings; the policy's log-probs use the same temperature.
         lr, weight_decay, warmup_steps, schedule: AdamW; `constant` after warm-up as in CapRL++, or `cosine`.
         beta: KL coefficient (k3) to a frozen copy of the initial policy; 0 holds no reference at all.
         epsilon_low, epsilon_high: clip range of the ratio (DAPO's clip-higher when high > low).
@@ -43,6 +46,10 @@ class GRPOStage(L.LightningModule):
         model: str,
         reward: torch.nn.Module,
         init_from: str | None = None,
+        num_generations: int = 8,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
         lr: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -61,6 +68,8 @@ class GRPOStage(L.LightningModule):
         dtype: str = "float32",
     ) -> None:
         super().__init__()
+        if num_generations < 2:
+            raise ValueError("GRPO needs num_generations >= 2 to compare captions of one image")
         self.save_hyperparameters(ignore=["reward"])
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave out the frozen reward and reference
