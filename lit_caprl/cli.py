@@ -141,6 +141,7 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--curve", help="a GRPO log dir: its newest metrics.csv gives the reward curve")
     p.add_argument("--stages", help="stages.json with wall times (written by `lit-caprl pipeline`)")
     p.add_argument("--out", required=True, help="directory for report.json, report.md, report.png")
+    p.add_argument("--wandb-project", help="also log the report to this W&B project (as an artifact)")
     a = p.parse_args(argv)
     policies = dict(item.split("=", 1) for item in a.policy)
     rows = report.evaluate_rows(a.data, a.reader, policies, a.n, a.seeds)
@@ -152,6 +153,8 @@ def _report(argv: list[str]) -> int:
     reader = report.reader_quality(a.data, a.reader, a.n)
     with atomic_dir(a.out) as tmp:
         print(report.write_report(tmp, rows, stages, curve, reader))
+    if a.wandb_project:
+        report.log_to_wandb(a.out, a.wandb_project)
     return 0
 
 

@@ -104,3 +104,23 @@ def write_report(
     (out / "report.md").write_text(md)
     plot(curve, rows, out / "report.png")
     return md
+
+
+def log_to_wandb(out_dir: str | Path, project: str, name: str | None = None) -> None:
+    """Log the written report as a W&B artifact (type `report`) and its table as a `wandb.Table`;
+    offline (`WANDB_MODE=offline`) it waits in the run directory for `wandb sync`."""
+    import wandb
+
+    out = Path(out_dir)
+    payload = json.loads((out / "report.json").read_text())
+    run = wandb.init(project=project, name=name, job_type="report", dir=str(out.parent))
+    columns = ["checkpoint", *COLUMNS]
+    rows = [[ckpt, *(r[c] for c in COLUMNS)] for ckpt, r in payload["rows"].items()]
+    run.log(
+        {"report/table": wandb.Table(columns=columns, data=rows), "report/plot": wandb.Image(str(out / "report.png"))}
+    )
+    artifact = wandb.Artifact("pipeline-report", type="report")
+    for f in ("report.json", "report.md", "report.png"):
+        artifact.add_file(str(out / f))
+    run.log_artifact(artifact)
+    run.finish()

@@ -1,0 +1,40 @@
+"""The report: gap arithmetic, the files it writes, and its W&B artifact (offline)."""
+
+import json
+
+import pytest
+
+from lit_caprl import report
+
+ROWS = {
+    "sft": {"utility": 0.40, "precision": 0.9, "recall": 0.5, "length": 10.0},
+    "grpo": {"utility": 0.70, "precision": 0.85, "recall": 0.9, "length": 20.0},
+    "gold": {"utility": 0.90, "precision": 1.0, "recall": 1.0, "length": 21.0},
+}
+
+
+def test_gap_closed_hand_computed():
+    assert report.gap_closed(ROWS, "grpo") == pytest.approx(0.6)  # (0.7 - 0.4) / (0.9 - 0.4)
+    flat = {**ROWS, "gold": {**ROWS["gold"], "utility": 0.40}}
+    assert report.gap_closed(flat, "grpo") is None  # no headroom: no ratio
+
+
+def test_write_report_files_and_schema(tmp_path):
+    md = report.write_report(tmp_path, ROWS, {"grpo": {"wall_s": 300.0}}, [(1, 0.2), (2, 0.3)])
+    payload = json.loads((tmp_path / "report.json").read_text())
+    assert set(payload["rows"]) == {"sft", "grpo", "gold"} and payload["stages"]["grpo"]["wall_s"] == 300.0
+    assert set(payload["rows"]["grpo"]) == {"utility", "precision", "recall", "length"}
+    assert payload["gap_closed"]["grpo"] == pytest.approx(0.6)
+    assert "| grpo | 0.700 |" in md and (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_report_is_logged_to_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    out = tmp_path / "report"
+    report.write_report(out, ROWS, {}, [])
+    report.log_to_wandb(out, project="lit-caprl-test")
+    runs = list(tmp_path.rglob("offline-run-*"))
+    assert len(runs) == 1
+    assert b"pipeline-report" in next(runs[0].glob("run-*.wandb")).read_bytes()
