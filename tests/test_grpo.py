@@ -90,3 +90,18 @@ def test_grpo_with_a_composite_reward_logs_each_term(tiny_models, shapes_root, t
     for key in ("reward/qa/mean", "reward/length/mean", "reward/excluded_qa/mean", "train/reward"):
         assert key in trainer.callback_metrics, key
     assert not reward.training and all(not p.requires_grad for p in reward.parameters())
+
+
+class _NaNReward(torch.nn.Module):
+    def forward(self, captions, records, step=0):
+        rewards = torch.tensor([float("nan")] + [1.0] * (len(captions) - 1))
+        return RewardOutput(rewards, {"nan": rewards})
+
+
+def test_a_nan_reward_skips_the_step_instead_of_poisoning_the_policy(tiny_models, shapes_root, tmp_path):
+    module = GRPOStage(tiny_models["qwen2_5_vl"], _NaNReward(), num_generations=2, max_new_tokens=8, lr=1e-2)
+    policy0 = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    trainer = _trainer(tmp_path, 1, [RolloutCallback()])
+    trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
+    assert all(torch.equal(p, policy0[n]) for n, p in module.policy.named_parameters())
+    assert trainer.callback_metrics["train/skipped_steps"] == 1

@@ -103,3 +103,34 @@ def test_init_from_loads_weights_not_hyperparameters(tiny_models, shapes_root, t
 def test_init_from_missing_path_is_an_error(tiny_models, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither an export directory nor a checkpoint"):
         SFTStage(tiny_models["qwen2"], init_from=str(tmp_path / "missing.ckpt"))
+
+
+class _NaNAt(SFTStage):
+    """SFT whose loss is NaN on the given steps (a stand-in for an overflow or a poisoned batch)."""
+
+    def __init__(self, *args, bad_steps: tuple[int, ...] = (), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad_steps, self.snapshots = set(bad_steps), []
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        loss = super().loss(batch)
+        return loss * float("nan") if self.trainer.global_step in self.bad_steps else loss
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.snapshots.append(next(self.policy.parameters()).detach().clone())
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tiny_models, shapes_root, tmp_path):
+    module = _NaNAt(tiny_models["qwen2"], lr=1e-2, bad_steps=(1,))
+    trainer = _fit(module, ShapesReaderData(shapes_root, batch_size=4), 3, tmp_path)
+    before, after_bad, after_next = module.snapshots[1], module.snapshots[2], next(module.policy.parameters())
+    assert torch.equal(before, after_bad)  # step 1 changed nothing
+    assert not torch.equal(after_bad, after_next)  # training went on
+    assert trainer.callback_metrics["train/skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in module.policy.parameters())
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run(tiny_models, shapes_root, tmp_path):
+    module = _NaNAt(tiny_models["qwen2"], bad_steps=(0, 1, 2, 3), max_bad_steps=3)
+    with pytest.raises(FloatingPointError, match="3 optimizer steps in a row had a non-finite loss"):
+        _fit(module, ShapesReaderData(shapes_root, batch_size=4), 5, tmp_path)

@@ -17,10 +17,10 @@ from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.models.loading import load_policy
 from lit_caprl.rewards.base import freeze
 from lit_caprl.stages import losses
-from lit_caprl.stages.optim import adamw_schedule
+from lit_caprl.stages.optim import SkipNonFiniteSteps, adamw_schedule
 
 
-class DPOStage(L.LightningModule):
+class DPOStage(SkipNonFiniteSteps, L.LightningModule):
     """Direct preference optimisation of a captioner.
 
     Args:
@@ -30,6 +30,7 @@ class DPOStage(L.LightningModule):
         label_smoothing: assumed label-noise rate for `sigmoid` (conservative DPO).
         precompute_ref_logps: score all training pairs with the reference once, then drop the reference.
         lr, weight_decay, warmup_steps, schedule, max_grad_norm: AdamW as in the other stages.
+        max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class DPOStage(L.LightningModule):
         warmup_steps: int = 0,
         schedule: str = "constant",
         max_grad_norm: float = 1.0,
+        max_bad_steps: int = 10,
         dtype: str = "float32",
     ) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ from lit_caprl.models.adapter import Completions, PromptBatch, VLMAdapter
 from lit_caprl.models.loading import load_policy
 from lit_caprl.rewards.base import freeze
 from lit_caprl.stages import losses
-from lit_caprl.stages.optim import adamw_schedule
+from lit_caprl.stages.optim import NonFiniteGuard, adamw_schedule
 
 
 class GRPOStage(L.LightningModule):
@@ -38,6 +38,7 @@ class GRPOStage(L.LightningModule):
         mask_truncated: completions that hit the token budget without EOS get no gradient.
         micro_batch_size: sequences per forward/backward; gradients accumulate to one step per epoch.
         max_grad_norm: gradient-norm clip (0 disables).
+        max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         max_rollout_steps: stop after this many rollout batches (Lightning's `max_steps` counts optimizer steps).
     """
 
@@ -64,6 +65,7 @@ class GRPOStage(L.LightningModule):
         mask_truncated: bool = False,
         micro_batch_size: int = 64,
         max_grad_norm: float = 1.0,
+        max_bad_steps: int = 10,
         max_rollout_steps: int | None = None,
         dtype: str = "float32",
     ) -> None:
@@ -79,6 +81,7 @@ class GRPOStage(L.LightningModule):
         self.ref = freeze(copy.deepcopy(self.policy)) if beta > 0 else None
         self.ref_adapter = VLMAdapter(self.ref, self.adapter.processor) if self.ref is not None else None
         self.rollout_step = 0
+        self.nonfinite = NonFiniteGuard(max_bad_steps)
 
     def sequence_logprobs(
         self, adapter: VLMAdapter, prompts: PromptBatch, completions: Completions, temperature: float
@@ -142,6 +145,9 @@ class GRPOStage(L.LightningModule):
                 stats["entropy_proxy"].append(losses.masked_mean(-logp.detach(), m))
                 if "kl" in metrics:
                     stats["kl"].append(metrics["kl"])
+            if not self.nonfinite.ok(torch.stack(stats["loss"]).sum(), self.policy.parameters()):
+                opt.zero_grad()  # a NaN reward or an overflow costs this step, not the run
+                continue
             if hp.max_grad_norm:
                 self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
             opt.step()
@@ -156,6 +162,7 @@ class GRPOStage(L.LightningModule):
         self.log("rollout_step", float(self.rollout_step), batch_size=n)
         self.log("train/loss", torch.stack(stats["loss"]).sum() / self.hparams.mu, prog_bar=True, batch_size=n)
         self.log("train/reward", ro.rewards.mean(), prog_bar=True, batch_size=n)
+        self.log("train/skipped_steps", float(self.nonfinite.skipped), batch_size=n)
         for key in ("clip_fraction", "kl", "entropy_proxy"):
             if stats[key]:
                 self.log(f"train/{key}", torch.stack(stats[key]).mean(), batch_size=n)

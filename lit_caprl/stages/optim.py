@@ -26,3 +26,42 @@ def adamw_schedule(
     else:
         raise ValueError(f"schedule must be cosine or constant, got {schedule!r}")
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class NonFiniteGuard:
+    """Skips optimizer steps whose loss or gradients are not finite, and stops a run that keeps
+    producing them: one bad batch (a NaN reward, an overflow) costs one step, not the run."""
+
+    def __init__(self, patience: int = 10) -> None:
+        self.patience, self.in_a_row, self.skipped = patience, 0, 0
+
+    def ok(self, loss: torch.Tensor | None, params) -> bool:
+        finite = (loss is None or bool(torch.isfinite(loss).all())) and all(
+            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params
+        )
+        if finite:
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.in_a_row >= self.patience:
+            raise FloatingPointError(
+                f"{self.in_a_row} optimizer steps in a row had a non-finite loss or gradient "
+                f"({self.skipped} skipped in all); stopping. Lower the learning rate or check the data and rewards."
+            )
+        return False
+
+
+class SkipNonFiniteSteps:
+    """LightningModule mixin (automatic optimization): an optimizer step whose loss or gradient
+    is not finite is skipped and counted (`train/skipped_steps`); `max_bad_steps` in a row stop the run."""
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        if not hasattr(self, "nonfinite"):
+            self.nonfinite = NonFiniteGuard(self.hparams.get("max_bad_steps", 10))
+        loss = optimizer_closure()  # forward + backward; clipping runs inside optimizer.step below
+        if self.nonfinite.ok(loss, self.parameters()):
+            optimizer.step()
+        else:
+            optimizer.zero_grad()
+        self.log("train/skipped_steps", float(self.nonfinite.skipped), on_step=True, on_epoch=False, batch_size=1)

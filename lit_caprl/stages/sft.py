@@ -7,10 +7,10 @@ import torch
 
 from lit_caprl.models.adapter import Completions, PromptBatch
 from lit_caprl.models.loading import load_policy
-from lit_caprl.stages.optim import adamw_schedule
+from lit_caprl.stages.optim import SkipNonFiniteSteps, adamw_schedule
 
 
-class SFTStage(L.LightningModule):
+class SFTStage(SkipNonFiniteSteps, L.LightningModule):
     """Trains `model` (a Hub id or export directory) to continue each prompt with its target.
 
     Only completion tokens (target + EOS) are scored: prompt and image tokens are context.
@@ -20,6 +20,7 @@ class SFTStage(L.LightningModule):
         init_from: weights to start from (export dir or `.ckpt`); hyper-parameters come from this config.
         lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay to 0 over the run.
         max_grad_norm: gradient-norm clip (0 disables).
+        max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         dtype: parameter dtype of the loaded model.
     """
 
@@ -31,6 +32,7 @@ class SFTStage(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 20,
         max_grad_norm: float = 1.0,
+        max_bad_steps: int = 10,
         dtype: str = "float32",
     ) -> None:
         super().__init__()
