@@ -34,7 +34,13 @@ def test_report_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     out = tmp_path / "report"
     report.write_report(out, ROWS, {}, [])
-    report.log_to_wandb(out, project="lit-caprl-test")
+    try:
+        report.log_to_wandb(out, project="lit-caprl-test")
+    finally:
+        import wandb
+
+        wandb.teardown()  # stop this process's wandb service, so later tests start clean
+        monkeypatch.delenv("WANDB_SERVICE", raising=False)
     runs = list(tmp_path.rglob("offline-run-*"))
     assert len(runs) == 1
     assert b"pipeline-report" in next(runs[0].glob("run-*.wandb")).read_bytes()

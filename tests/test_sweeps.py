@@ -61,7 +61,8 @@ def test_agent_command_runs_offline_and_logs_metric_and_samples(name, tiny_model
                  "--data.init_args.batch_size=2", "--trainer.max_epochs=1"]  # fmt: skip
     else:
         argv += ["--data.init_args.batch_size=4", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1"]
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DATA_DIR=str(tmp_path / "wandb-data"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # no service of this process
+    env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DATA_DIR": str(tmp_path / "wandb-data")}
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list(tmp_path.rglob("offline-run-*"))
