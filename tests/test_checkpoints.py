@@ -1,0 +1,39 @@
+"""Checkpoints are written atomically: a save killed half-way leaves the previous one loadable."""
+
+import fsspec.implementations.local as local_fs
+import lightning as L
+import pytest
+import torch
+
+from lit_caprl.data import ShapesReaderData
+from lit_caprl.stages import SFTStage
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint(tiny_models, shapes_root, tmp_path, monkeypatch):
+    module = SFTStage(tiny_models["qwen2"], lr=1e-2)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=ShapesReaderData(shapes_root, batch_size=4))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(1.0)  # the next save would hold different weights
+
+    def dies_half_way(self, data):
+        original_write(self, data[: len(data) // 2])
+        raise KeyboardInterrupt("killed during save")  # what a SIGTERM handler or Ctrl-C raises
+
+    original_write = local_fs.LocalFileOpener.write
+    monkeypatch.setattr(local_fs.LocalFileOpener, "write", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(path)
+    monkeypatch.undo()
+
+    reloaded = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    assert reloaded.keys() == saved.keys()
+    assert all(torch.equal(reloaded[k], saved[k]) for k in saved)
