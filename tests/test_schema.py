@@ -78,3 +78,17 @@ def test_data_check_prints_every_problem_and_exits_1(tmp_path, capsys):
 def test_shapes_data_passes_the_checker(shapes_root):
     records, problems = scan(Path(shapes_root) / "val.jsonl")
     assert problems == [] and len(records) == 16
+
+
+def test_datamodule_skip_mode_counts_and_reports_bad_records(tmp_path):
+    from lit_caprl.data import CaptionData
+
+    f = _write(tmp_path, [_rec(id="a"), _rec(id="b", image="missing.png"), _rec(id="c")])
+    with pytest.raises(DataError, match=rf"{f}:2: image: .*does not exist"):
+        CaptionData(str(f), str(f)).setup("fit")  # the default stops before any training
+    dm = CaptionData(str(f), str(f), on_bad_record="skip")
+    with pytest.warns(UserWarning, match=r"(?s)skipped 1 bad records .*d.jsonl:2: image"):
+        dm.setup("fit")
+    assert len(dm.train_set) == 2 and len(dm.skipped) == 2  # once in train, once in val (same file)
+    with pytest.warns(UserWarning, match="end of fit: skipped 2 bad records"):
+        dm.teardown("fit")

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from lit_caprl.data import prompts, shapes
-from lit_caprl.data.schema import LETTERS, Record, load_records
+from lit_caprl.data.schema import LETTERS, Problem, Record, load_records
 
 
 class _ShapesSource:
@@ -99,7 +100,11 @@ class _Base(L.LightningDataModule):
 
 
 class _FileData(_Base):
-    """Images from a train and a val JSONL file in the documented schema, asked `prompt`."""
+    """Images from a train and a val JSONL file in the documented schema, asked `prompt`.
+
+    `on_bad_record="error"` (default) stops at load time on any bad record, naming file, line
+    and field; "skip" drops bad records but counts them in `skipped`, warns when loading and
+    reports them again when the run ends."""
 
     def __init__(
         self,
@@ -108,9 +113,29 @@ class _FileData(_Base):
         prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
         batch_size: int = 16,
         num_workers: int = 0,
+        on_bad_record: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__(batch_size, num_workers)
         self.train_file, self.val_file, self.prompt = train_file, val_file, prompt
+        self.on_bad_record = on_bad_record
+        self.skipped: list[Problem] = []
+
+    def _load(self, path: str) -> list[Record]:
+        records, problems = load_records(path, self.on_bad_record)
+        if problems:
+            self.skipped += problems
+            rank_zero_warn(self._summary(problems))
+        return records
+
+    @staticmethod
+    def _summary(problems: list[Problem]) -> str:
+        shown = "\n".join(str(p) for p in problems[:10])
+        more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        return f"skipped {len(problems)} bad records (on_bad_record=skip):\n{shown}{more}"
+
+    def teardown(self, stage: str) -> None:
+        if self.skipped:
+            rank_zero_warn(f"end of {stage}: " + self._summary(self.skipped))
 
 
 class CaptionData(_FileData):
@@ -120,7 +145,7 @@ class CaptionData(_FileData):
         return list(record.captions)
 
     def _pairs(self, path: str) -> list[tuple[Record, str]]:
-        records, _ = load_records(path)
+        records = self._load(path)
         pairs = [(r, c) for r in records for c in self.targets(r)]
         if not pairs:
             raise ValueError(f"{path}: no record has captions to train on")
@@ -257,10 +282,10 @@ class PromptData(_FileData):
         return {"image": record.load_image(), "prompt": self.prompt, "record": record}
 
     def setup(self, stage: str | None = None) -> None:
-        train = load_records(self.train_file)[0]
+        train = self._load(self.train_file)
         has_levels = all("difficulty" in r.meta or "level" in r.meta for r in train)
         self.train_set = LevelDataset(train, self._example) if has_levels else ListDataset(train, self._example)
-        self.val_set = ListDataset(load_records(self.val_file)[0], self._example)
+        self.val_set = ListDataset(self._load(self.val_file), self._example)
 
     def set_level(self, level: int) -> None:
         """Train on records of difficulty <= `level` from the next batch on (see `CurriculumCallback`)."""
@@ -292,7 +317,7 @@ class PairData(_FileData):
     """Preference pairs for DPO: records with `chosen` and `rejected` captions (e.g. from `mine-pairs`)."""
 
     def _pairs(self, path: str) -> list[Record]:
-        records, _ = load_records(path)
+        records = self._load(path)
         missing = [r.id for r in records if r.chosen is None]
         if missing:
             raise ValueError(f"{path}: records without chosen/rejected captions: {missing[:5]}")
