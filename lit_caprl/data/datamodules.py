@@ -213,8 +213,8 @@ def reader_examples(records: list[Record], seed: int) -> list[dict]:
     return out
 
 
-class ShapesReaderData(_ShapesSource, _Base):
-    """Text-only reader SFT on ShapesWorld: caption + MCQ -> option letter."""
+class _ShapesQA(_ShapesSource, _Base):
+    """MCQ SFT on ShapesWorld: `make_examples` turns records into (prompt, target) examples."""
 
     def __init__(
         self,
@@ -222,17 +222,30 @@ class ShapesReaderData(_ShapesSource, _Base):
         n_train: int = 4000,
         n_val: int = 500,
         seed: int = 0,
-        batch_size: int = 64,
+        batch_size: int = 32,
         num_workers: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers)
         self._shapes(root, n_train, n_val, seed)
 
+    def make_examples(self, records: list[Record], seed: int) -> list:
+        raise NotImplementedError
+
+    def to_example(self, item) -> dict:
+        return item
+
     def setup(self, stage: str | None = None) -> None:
         train, _ = load_records(self.root / "train.jsonl")
         val, _ = load_records(self.root / "val.jsonl")
-        self.train_set = ListDataset(reader_examples(train, self.seed), dict)
-        self.val_set = ListDataset(reader_examples(val, self.seed + 1), dict)
+        self.train_set = ListDataset(self.make_examples(train, self.seed), self.to_example)
+        self.val_set = ListDataset(self.make_examples(val, self.seed + 1), self.to_example)
+
+
+class ShapesReaderData(_ShapesQA):
+    """Text-only reader SFT on ShapesWorld: caption + MCQ -> option letter."""
+
+    def make_examples(self, records: list[Record], seed: int) -> list[dict]:
+        return reader_examples(records, seed)
 
 
 def visual_examples(records: list[Record], seed: int) -> list[dict]:
@@ -248,31 +261,15 @@ def visual_examples(records: list[Record], seed: int) -> list[dict]:
     return out
 
 
-class ShapesVQAData(_ShapesSource, _Base):
+class ShapesVQAData(_ShapesQA):
     """Image + MCQ -> option letter SFT on ShapesWorld: trains the visual judge of `lit-caprl curate`."""
 
-    def __init__(
-        self,
-        root: str = "runs/data/shapes",
-        n_train: int = 4000,
-        n_val: int = 500,
-        seed: int = 0,
-        batch_size: int = 32,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(batch_size, num_workers)
-        self._shapes(root, n_train, n_val, seed)
+    def make_examples(self, records: list[Record], seed: int) -> list[tuple[Record, str, str]]:
+        return visual_examples(records, seed)
 
-    @staticmethod
-    def _example(item: tuple[Record, str, str]) -> dict:
+    def to_example(self, item: tuple[Record, str, str]) -> dict:
         record, prompt, letter = item
         return {"image": record.load_image(), "prompt": prompt, "prefill": prompts.ANSWER_PREFIX, "target": letter}
-
-    def setup(self, stage: str | None = None) -> None:
-        train, _ = load_records(self.root / "train.jsonl")
-        val, _ = load_records(self.root / "val.jsonl")
-        self.train_set = ListDataset(visual_examples(train, self.seed), self._example)
-        self.val_set = ListDataset(visual_examples(val, self.seed + 1), self._example)
 
 
 class PromptData(_FileData):

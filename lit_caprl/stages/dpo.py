@@ -17,10 +17,10 @@ from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.models.loading import load_policy
 from lit_caprl.rewards.base import freeze
 from lit_caprl.stages import losses
-from lit_caprl.stages.optim import SkipNonFiniteSteps, adamw_schedule
+from lit_caprl.stages.optim import GuardedOptimization, adamw_schedule
 
 
-class DPOStage(SkipNonFiniteSteps, L.LightningModule):
+class DPOStage(GuardedOptimization, L.LightningModule):
     """Direct preference optimisation of a captioner.
 
     Args:
@@ -126,11 +126,6 @@ class DPOStage(SkipNonFiniteSteps, L.LightningModule):
         hp = self.hparams
         total = self.trainer.estimated_stepping_batches
         return adamw_schedule(self.policy.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.schedule)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}

@@ -52,9 +52,16 @@ class NonFiniteGuard:
         return False
 
 
-class SkipNonFiniteSteps:
-    """LightningModule mixin (automatic optimization): an optimizer step whose loss or gradient
-    is not finite is skipped and counted (`train/skipped_steps`); `max_bad_steps` in a row stop the run."""
+class GuardedOptimization:
+    """LightningModule mixin for automatic optimization: gradients are clipped to
+    `hparams.max_grad_norm` (unless the Trainer sets its own clip), and an optimizer step whose
+    loss or gradient is not finite is skipped and counted (`train/skipped_steps`);
+    `hparams.max_bad_steps` in a row stop the run."""
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         if not hasattr(self, "nonfinite"):

@@ -7,10 +7,10 @@ import torch
 
 from lit_caprl.models.adapter import Completions, PromptBatch
 from lit_caprl.models.loading import load_policy
-from lit_caprl.stages.optim import SkipNonFiniteSteps, adamw_schedule
+from lit_caprl.stages.optim import GuardedOptimization, adamw_schedule
 
 
-class SFTStage(SkipNonFiniteSteps, L.LightningModule):
+class SFTStage(GuardedOptimization, L.LightningModule):
     """Trains `model` (a Hub id or export directory) to continue each prompt with its target.
 
     Only completion tokens (target + EOS) are scored: prompt and image tokens are context.
@@ -69,8 +69,3 @@ class SFTStage(SkipNonFiniteSteps, L.LightningModule):
         return adamw_schedule(
             self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, self.trainer.estimated_stepping_batches
         )
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
