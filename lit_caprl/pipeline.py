@@ -63,7 +63,7 @@ def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
             raise ValueError(f"{where}: every stage needs a unique `name`")
         if bool(raw.get("fit")) == bool(raw.get("command")):
             raise ValueError(f"{where} ({raw['name']}): give exactly one of `fit` (a config) or `command`")
-        stage = Stage(**{k: v for k, v in raw.items()})
+        stage = Stage(**raw)
         if stage.init_from is not _PREVIOUS and stage.init_from is not None:
             if not any(s.name == stage.init_from and s.fit for s in stages):
                 raise ValueError(f"{where} ({stage.name}): init_from {stage.init_from!r} is not an earlier fit stage")
@@ -79,7 +79,9 @@ def stage_args(stage: Stage, stages: list[Stage], run: Path) -> list[str]:
     if stage.command:
         return [fill(a) for a in stage.command]
     args = ["fit", "-c", stage.fit, f"--trainer.default_root_dir={run / stage.name}"]
-    args.append(f"--trainer.logger.init_args.save_dir={run / stage.name}")
+    logger = (OmegaConf.to_container(OmegaConf.load(stage.fit)).get("trainer") or {}).get("logger")
+    if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
+        args.append(f"--trainer.logger.init_args.save_dir={run / stage.name}")  # logs beside the export
     source = stage.init_from
     if source is _PREVIOUS:
         earlier = [s for s in stages[: stages.index(stage)] if s.fit]

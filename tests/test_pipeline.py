@@ -26,14 +26,17 @@ def test_every_stage_of_every_pipeline_parses(path, monkeypatch):
 
 
 def _pipeline(tmp_path: Path) -> Path:
+    sft, rl = tmp_path / "sft.yaml", tmp_path / "rl.yaml"
+    sft.write_text("trainer:\n  logger:\n    class_path: CSVLogger\n    init_args: {save_dir: x}\n")
+    rl.write_text("trainer:\n  logger: false\n")
     f = tmp_path / "p.yaml"
     f.write_text(f"""
 run_dir: {tmp_path / "run"}
 stages:
   - {{name: data, command: [data, shapes, --out, "{{out}}"]}}
-  - {{name: sft, fit: sft.yaml, init_from: null, overrides: {{data.init_args.root: "{{data}}"}}}}
-  - {{name: rl, fit: rl.yaml}}
-  - {{name: rl2, fit: rl.yaml, init_from: sft}}
+  - {{name: sft, fit: {sft}, init_from: null, overrides: {{data.init_args.root: "{{data}}"}}}}
+  - {{name: rl, fit: {rl}}}
+  - {{name: rl2, fit: {rl}, init_from: sft}}
 """)
     return f
 
@@ -62,6 +65,8 @@ def test_stages_chain_skip_and_force(tmp_path):
     sft, rl, rl2 = first.calls[1:]
     assert f"--data.init_args.root={run / 'data'}" in sft
     assert not any(a.startswith("--model.init_args.init_from") for a in sft)  # init_from: null
+    assert f"--trainer.logger.init_args.save_dir={run / 'sft'}" in sft  # logs go beside the export ...
+    assert not any(a.startswith("--trainer.logger") for a in rl)  # ... when the config has a logger
     assert f"--model.init_args.init_from={run / 'sft/export'}" in rl  # default: the previous fit stage
     assert f"--model.init_args.init_from={run / 'sft/export'}" in rl2  # named
     assert set((run / "stages.json").read_text().split('"')) >= {"data", "sft", "rl", "rl2"}
@@ -72,7 +77,7 @@ def test_stages_chain_skip_and_force(tmp_path):
 
     forced = FakeRunner(run)
     run_pipeline(f, force="rl", runner=forced)
-    assert [c[2] for c in forced.calls] == ["rl.yaml", "rl.yaml"]  # rl and everything after it
+    assert [Path(c[2]).name for c in forced.calls] == ["rl.yaml", "rl.yaml"]  # rl and everything after it
 
 
 def test_a_half_finished_run_continues_where_it_stopped(tmp_path):
@@ -80,7 +85,7 @@ def test_a_half_finished_run_continues_where_it_stopped(tmp_path):
     run = tmp_path / "run"
 
     def dies_in_rl(args):
-        if "rl.yaml" in args:
+        if str(tmp_path / "rl.yaml") in args:
             raise RuntimeError("killed")
         FakeRunner(run)(args)
 
@@ -88,7 +93,7 @@ def test_a_half_finished_run_continues_where_it_stopped(tmp_path):
         run_pipeline(f, runner=dies_in_rl)
     resumed = FakeRunner(run)
     run_pipeline(f, runner=resumed)
-    assert [c[2] for c in resumed.calls] == ["rl.yaml", "rl.yaml"]
+    assert [Path(c[2]).name for c in resumed.calls] == ["rl.yaml", "rl.yaml"]
 
 
 def test_bad_pipeline_files_are_named(tmp_path):
