@@ -37,11 +37,14 @@ def reader_quality(data: str, reader: str, n: int = 500) -> dict[str, float]:
     return evaluate.reader_accuracy(load_model(reader), records)
 
 
+MIN_GAP = 0.02  # below this, gold vs start is within evaluation noise: no headroom to speak of
+
+
 def gap_closed(rows: dict, name: str, start: str = "sft") -> float | None:
     """(utility(name) - utility(start)) / (utility(gold) - utility(start)): the share of the
-    headroom a stage closed; None when there is no headroom to close."""
+    headroom a stage closed; None when the headroom is below `MIN_GAP` (a ratio of noise)."""
     gap = rows["gold"]["utility"] - rows[start]["utility"]
-    return (rows[name]["utility"] - rows[start]["utility"]) / gap if gap > 0 else None
+    return (rows[name]["utility"] - rows[start]["utility"]) / gap if gap >= MIN_GAP else None
 
 
 def reward_curve(metrics_csv: Path) -> list[tuple[int, float]]:
