@@ -95,9 +95,10 @@ def curate(data: str, vlm: str, reader: str, out: str, tau_v: float = 0.75, tau_
     with atomic_dir(out) as tmp:
         with open(tmp / "curated.jsonl", "w") as f:
             for r, keep, vis, bl in kept_records:
-                row = {"id": r.id, "image": link_image(r, tmp), "questions": [q.to_json() for q in keep],
-                       "captions": list(r.captions),
-                       "meta": {**r.meta, "curation": {"visual": vis, "blind": bl}}}  # fmt: skip
+                row = r.to_json(link_image(r, tmp)) | {
+                    "questions": [q.to_json() for q in keep],
+                    "meta": {**r.meta, "curation": {"visual": vis, "blind": bl}},
+                }
                 f.write(json.dumps(row) + "\n")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats, indent=2))

@@ -63,15 +63,12 @@ class PairWriter:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.dir = Path(out_dir)
-        (self.dir / "images").mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
 
     def append(self, pairs: list[tuple[Record, dict]]) -> int:
         lines = []
         for record, fields in pairs:
-            row = {"id": fields["id"], "image": link_image(record, self.dir),
-                   "questions": [q.to_json() for q in record.questions], "captions": list(record.captions),
-                   "chosen": fields["chosen"], "rejected": fields["rejected"], "meta": fields["meta"]}  # fmt: skip
-            lines.append(json.dumps(row) + "\n")
+            lines.append(json.dumps(record.to_json(link_image(record, self.dir)) | fields) + "\n")
         with open(self.dir / PAIRS_FILE, "a") as f:
             f.write("".join(lines))
             f.flush()

@@ -76,6 +76,15 @@ class Record:
     chosen: str | None = None
     rejected: str | None = None
 
+    def to_json(self, image: str) -> dict:
+        """The record as a JSONL row, its image at `image` (relative to the row's file): the one
+        serializer for derived data sets (mined pairs, curated questions)."""
+        row = {"id": self.id, "image": image, "questions": [q.to_json() for q in self.questions],
+               "captions": list(self.captions), "meta": self.meta}  # fmt: skip
+        if self.chosen is not None:
+            row |= {"chosen": self.chosen, "rejected": self.rejected}
+        return row
+
     def load_image(self) -> Image.Image:
         with Image.open(self.image) as im:
             return im.convert("RGB")
