@@ -3,6 +3,8 @@ rollout and of offline pair mining, so both see exactly the same captions and re
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from lit_caprl.data.schema import Record
@@ -37,3 +39,10 @@ def sample_and_score(
     captions = adapter.decode(completions)
     scored = reward(captions, [r for r in records for _ in range(g)], step=step)
     return batch, completions, captions, scored
+
+
+def stream_seed(*parts: object) -> int:
+    """A seed that is a pure function of `parts` (e.g. run seed, rank, rollout step): every rank
+    samples independently, and a resumed run redraws exactly what the original run drew."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1

@@ -5,27 +5,46 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
+from peft import PeftModel
 
 from lit_caprl.io import atomic_dir
+from lit_caprl.models.lora import merged_copy
+from lit_caprl.models.sharding import full_state_dict, is_sharded
 
 
-def save_export(adapter, out: str | Path) -> Path:
+def save_export(model: torch.nn.Module, processor, out: str | Path, state_dict: dict | None = None) -> Path:
     """Safetensors weights + processor/tokenizer, written atomically: a crash never leaves a
-    half-written export where a later stage would take it as done."""
+    half-written export where a later stage would take it as done. `state_dict` carries the
+    consolidated weights of a sharded model."""
     with atomic_dir(out) as tmp:
-        adapter.model.save_pretrained(tmp)
-        adapter.processor.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
+        processor.save_pretrained(tmp)
     return Path(out)
 
 
 class HFExport(L.Callback):
-    """At the end of `fit`, export the module's policy to `dirpath` (rank 0 only); by default
-    `<trainer.default_root_dir>/export`, where `lit-caprl pipeline` looks for a finished stage."""
+    """At the end of `fit`, export the module's policy to `dirpath`; by default
+    `<trainer.default_root_dir>/export`, where `lit-caprl pipeline` looks for a finished stage.
 
-    def __init__(self, dirpath: str | None = None) -> None:
-        self.dirpath = dirpath
+    An FSDP2-sharded policy is gathered on every rank, then rank 0 alone writes it. A LoRA
+    policy is exported with its adapters merged into the weights (a plain model, the default),
+    or with `merge_lora: false` as the adapters alone, which `init_from` also accepts (the only
+    choice for a sharded LoRA policy).
+    """
+
+    def __init__(self, dirpath: str | None = None, merge_lora: bool = True) -> None:
+        self.dirpath, self.merge_lora = dirpath, merge_lora
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = pl_module.adapter.model
+        if isinstance(model, PeftModel) and self.merge_lora and is_sharded(model):
+            raise ValueError("HFExport: merging LoRA into an FSDP2-sharded policy is not supported; "
+                             "set merge_lora: false to export the adapters (init_from accepts them)")  # fmt: skip
+        state = full_state_dict(model)
         if trainer.is_global_zero:
-            save_export(pl_module.adapter, self.dirpath or Path(trainer.default_root_dir) / "export")
+            if isinstance(model, PeftModel) and self.merge_lora:
+                model = merged_copy(model)
+            out = self.dirpath or Path(trainer.default_root_dir) / "export"
+            save_export(model, pl_module.adapter.processor, out, state)
         trainer.strategy.barrier("hf_export")

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from lit_caprl.mining import PairWriter, mine_groups
 from lit_caprl.models.adapter import Completions, PromptBatch
+from lit_caprl.models.sharding import all_ranks
 from lit_caprl.rewards.base import RewardOutput
-from lit_caprl.sampling import sample_and_score
+from lit_caprl.sampling import sample_and_score, stream_seed
 from lit_caprl.stages.losses import group_advantages
 
 
@@ -68,15 +69,24 @@ class RolloutCallback(L.Callback):
     ) -> None:
         batch["rollout"] = self.rollout(pl_module, batch)
 
+    def sample(self, module, images: list, prompts: list[str], records: list, round_: int = 0):
+        """G scored captions per prompt: (prompts, completions, texts, RewardOutput). The draw
+        uses its own RNG stream, seeded by (seed, rank, rollout step, refill round)."""
+        hp = module.hparams
+        devices = [module.device] if module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(stream_seed(hp.seed, module.global_rank, module.rollout_step, round_))
+            return sample_and_score(
+                module.adapter, module.reward, images, prompts, records, hp.num_generations,
+                hp.max_new_tokens, hp.temperature, hp.top_p, module.rollout_step, module.device,
+            )  # fmt: skip
+
     @torch.no_grad()
     def rollout(self, module, batch: dict) -> Rollout:
         hp = module.hparams
         g = hp.num_generations
-        prompts, completions, texts, scored = sample_and_score(
-            module.adapter, module.reward, batch["image"], batch["prompt"], batch["record"], g,
-            hp.max_new_tokens, hp.temperature, hp.top_p, module.rollout_step, module.device,
-        )  # fmt: skip
         records = list(batch["record"])
+        prompts, completions, texts, scored = self.sample(module, batch["image"], batch["prompt"], records)
         if self.dynamic_sampling:
             prompts, completions, texts, scored, records = self._refill(
                 module, prompts, completions, texts, scored, records
@@ -87,20 +97,18 @@ class RolloutCallback(L.Callback):
             self.pairs.append(pairs)
         advantages = group_advantages(rewards, hp.scale_rewards, hp.advantage).flatten()
         old_logp = module.sequence_logprobs(module.adapter, prompts, completions, hp.temperature) if hp.mu > 1 else None
-        ref_logp = (
-            module.sequence_logprobs(module.ref_adapter, prompts, completions, hp.temperature) if hp.beta > 0 else None
-        )
+        ref_logp = module.reference_logprobs(prompts, completions, hp.temperature) if hp.beta > 0 else None
         return Rollout(prompts, completions, texts, rewards, advantages, scored.terms, old_logp, ref_logp,
                        hp.temperature, hp.max_new_tokens, records)  # fmt: skip
 
     def _refill(self, module, prompts, completions, texts, scored, records):
         """Keep groups with reward spread; fill the batch back up with groups of fresh prompts."""
-        hp, adapter = module.hparams, module.adapter
-        g, size = hp.num_generations, len(records)
+        adapter = module.adapter
+        g, size = module.hparams.num_generations, len(records)
         kept: list[_Groups] = []
         dropped = rounds = 0
         train_set = module.trainer.datamodule.train_set
-        gen = torch.Generator().manual_seed(1_000_003 * module.rollout_step + 17)
+        gen = torch.Generator().manual_seed(stream_seed(module.hparams.seed, module.global_rank, module.rollout_step))
         while True:
             spread = scored.rewards.view(-1, g).std(dim=1) > 0
             dropped += int((~spread).sum())
@@ -115,15 +123,15 @@ class RolloutCallback(L.Callback):
                     [records[i] for i in groups.tolist()],
                 ))  # fmt: skip
             have = sum(len(k.records) for k in kept)
-            if have >= size or rounds == self.max_refill_rounds:
+            # Sampling is collective under FSDP2: every rank samples while any rank is short.
+            if all_ranks(have >= size) or rounds == self.max_refill_rounds:
                 break
             rounds += 1
-            fresh = [train_set[int(i)] for i in torch.randint(len(train_set), (size - have,), generator=gen)]
+            fresh = [train_set[int(i)] for i in torch.randint(len(train_set), (max(size - have, 1),), generator=gen)]
             records = [e["record"] for e in fresh]
-            prompts, completions, texts, scored = sample_and_score(
-                adapter, module.reward, [e["image"] for e in fresh], [e["prompt"] for e in fresh], records, g,
-                hp.max_new_tokens, hp.temperature, hp.top_p, module.rollout_step, module.device,
-            )  # fmt: skip
+            prompts, completions, texts, scored = self.sample(
+                module, [e["image"] for e in fresh], [e["prompt"] for e in fresh], records, rounds
+            )
         log = dict(on_step=True, on_epoch=False, batch_size=1)
         module.log("rollout/dropped_groups", float(dropped), **log)
         module.log("rollout/refill_rounds", float(rounds), **log)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from lit_caprl.models.sharding import distributed, is_sharded, root_unsharded
+
 
 class _Tensors:
     def to(self, device: torch.device | str):
@@ -59,7 +61,8 @@ class VLMAdapter:
     """Wraps a Hugging Face model and its processor (or tokenizer, for text-only readers)."""
 
     def __init__(self, model: torch.nn.Module, processor) -> None:
-        self.model = model
+        self.model = model  # possibly wrapped by peft or FSDP2; `base` is the HF model itself
+        self.base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
@@ -154,7 +157,7 @@ class VLMAdapter:
         if batch.pixel_values is not None:
             kwargs["pixel_values"] = batch.pixel_values
         if self.mrope:
-            self.model.model.rope_deltas = None  # stale after generate() on a batch of another size
+            self.base.model.rope_deltas = None  # stale after generate() on a batch of another size
             kwargs["image_grid_thw"] = batch.image_grid_thw
             if batch.mm_token_type_ids is not None:
                 kwargs["mm_token_type_ids"] = torch.cat([batch.mm_token_type_ids, torch.zeros_like(extra)], dim=1)
@@ -191,22 +194,28 @@ class VLMAdapter:
         do_sample: bool = True,
     ) -> Completions:
         """Sample completions under `no_grad` (not `inference_mode`: their tensors later enter
-        a training forward). Tokens that would break a forward pass (image, pad) are suppressed."""
+        a training forward). Tokens that would break a forward pass (image, pad) are suppressed.
+
+        An FSDP2-sharded model decodes in lock-step (`synced_gpus`): a rank whose captions all
+        ended keeps joining the other ranks' forward passes (and their all-gathers) until every
+        rank is done, instead of leaving them hanging."""
         if self.mrope:
-            self.model.model.rope_deltas = None
+            self.base.model.rope_deltas = None
         kwargs = self._forward_kwargs(batch, batch.input_ids[:, :0], batch.attention_mask[:, :0])
         kwargs.pop("use_cache")
         kwargs.pop("position_ids", None)
         sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
-        out = self.model.generate(
-            **kwargs,
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            **sampling,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-            suppress_tokens=self._suppressed(),
-        )
+        with root_unsharded(self.model):
+            out = self.model.generate(
+                **kwargs,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                **sampling,
+                eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id,
+                suppress_tokens=self._suppressed(),
+                synced_gpus=is_sharded(self.model) and distributed(),
+            )
         return self._completions(out[:, batch.input_ids.shape[1] :])
 
     def _suppressed(self) -> list[int]:

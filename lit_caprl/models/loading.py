@@ -6,18 +6,21 @@ import re
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
+    BitsAndBytesConfig,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
 from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.models.lora import LoRA, add_adapters
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -43,11 +46,20 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     trust_remote_code: bool = False,
     attn_implementation: str | None = "sdpa",
+    quantize: str | None = None,
 ) -> VLMAdapter:
-    """Model + processor (vision models) or tokenizer (text-only readers) wrapped in the adapter."""
+    """Model + processor (vision models) or tokenizer (text-only readers) wrapped in the adapter.
+    `quantize="nf4"` loads the weights in bitsandbytes 4-bit (the frozen base of QLoRA)."""
     source = resolve(name_or_path)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    kwargs = dict(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype, trust_remote_code=trust_remote_code)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if quantize is not None:
+        if quantize != "nf4":
+            raise ValueError(f"quantize must be 'nf4' or None, got {quantize!r}")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
+        )
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if hasattr(config, "vision_config"):
@@ -56,7 +68,20 @@ def load_model(
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         processor = load_tokenizer(source, trust_remote_code)
+    if quantize is not None:
+        _keep_4bit_trainable(model)
     return VLMAdapter(model, processor)
+
+
+def _keep_4bit_trainable(model: torch.nn.Module) -> None:
+    """bitsandbytes repacks 4-bit weights for its CPU inference kernel on the first eval-mode
+    forward (e.g. rollout generation). That kernel is not autograd-aware: afterwards a training
+    forward fails, or gradients stop flowing to the LoRA adapters below. Keep the trainable path."""
+    import bitsandbytes as bnb
+
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
 
 
 def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -70,21 +95,42 @@ def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTo
 
 
 def load_policy(
-    model: str, init_from: str | None = None, dtype: str = "float32", trust_remote_code: bool = False
+    model: str,
+    init_from: str | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    lora: LoRA | None = None,
+    gradient_checkpointing: bool = False,
 ) -> VLMAdapter:
     """The stage-chaining rule: `init_from` supplies weights only, never optimizer state or
-    hyper-parameters. It is a `save_pretrained` export directory (used as the model) or a
-    Lightning `.ckpt`, whose `policy.*` weights are loaded into `model`."""
+    hyper-parameters. It is a `save_pretrained` export directory (used as the model), a peft
+    adapter directory (its adapters on top of `model`, and they keep training), or a Lightning
+    `.ckpt`, whose `policy.*` weights are loaded into `model`. `lora` adds fresh adapters."""
+    quantize = lora.quantize if lora is not None else None
+    if init_from is not None and (Path(init_from) / "adapter_config.json").is_file():
+        adapter = load_model(model, dtype, trust_remote_code, quantize=quantize)
+        wrapped = PeftModel.from_pretrained(adapter.model, init_from, is_trainable=True)
+        return _finish(VLMAdapter(wrapped, adapter.processor), None, gradient_checkpointing)
     if init_from is None or Path(init_from).is_dir():
-        return load_model(init_from or model, dtype, trust_remote_code)
+        return _finish(load_model(init_from or model, dtype, trust_remote_code, quantize=quantize), lora,
+                       gradient_checkpointing)  # fmt: skip
     ckpt = Path(init_from)
     if not ckpt.is_file():
         raise FileNotFoundError(f"init_from {init_from!r} is neither an export directory nor a checkpoint file")
-    adapter = load_model(model, dtype, trust_remote_code)
+    adapter = load_model(model, dtype, trust_remote_code, quantize=quantize)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     prefix = "policy."
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{ckpt}: checkpoint has no '{prefix}*' weights to initialise from")
     adapter.model.load_state_dict(weights, strict=True)
+    return _finish(adapter, lora, gradient_checkpointing)
+
+
+def _finish(adapter: VLMAdapter, lora: LoRA | None, gradient_checkpointing: bool) -> VLMAdapter:
+    """Add LoRA adapters and switch on gradient checkpointing (recompute activations in backward)."""
+    if gradient_checkpointing:
+        adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        adapter = VLMAdapter(add_adapters(adapter.model, lora), adapter.processor)
     return adapter

@@ -15,12 +15,14 @@ from torch import Tensor
 
 from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.models.loading import load_policy
+from lit_caprl.models.lora import LoRA, reference_mode
 from lit_caprl.rewards.base import freeze
 from lit_caprl.stages import losses
 from lit_caprl.stages.optim import GuardedOptimization, adamw_schedule
+from lit_caprl.stages.policy import PolicyStage
 
 
-class DPOStage(GuardedOptimization, L.LightningModule):
+class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
     """Direct preference optimisation of a captioner.
 
     Args:
@@ -31,6 +33,9 @@ class DPOStage(GuardedOptimization, L.LightningModule):
         precompute_ref_logps: score all training pairs with the reference once, then drop the reference.
         lr, weight_decay, warmup_steps, schedule, max_grad_norm: AdamW as in the other stages.
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
+        lora: train LoRA adapters instead of all weights (`LoRA(quantize="nf4")` is QLoRA).
+        gradient_checkpointing: recompute activations in backward to save memory.
+        optimizer: adamw, or adamw8bit (bitsandbytes, 8-bit optimizer states).
     """
 
     def __init__(
@@ -47,16 +52,21 @@ class DPOStage(GuardedOptimization, L.LightningModule):
         schedule: str = "constant",
         max_grad_norm: float = 1.0,
         max_bad_steps: int = 10,
+        lora: LoRA | None = None,
+        gradient_checkpointing: bool = False,
+        optimizer: str = "adamw",
         dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.strict_loading = False  # checkpoints leave out the frozen reference
-        self.adapter = load_policy(model, init_from, dtype)
+        self.adapter = load_policy(model, init_from, dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
         self.policy = self.adapter.model.train()
-        self.ref = freeze(copy.deepcopy(self.policy))
-        self.ref_adapter = VLMAdapter(self.ref, self.adapter.processor)
+        # With LoRA the reference is the policy with its adapters disabled: no second copy.
+        self.ref = freeze(copy.deepcopy(self.policy)) if lora is None else None
+        self.ref_adapter = VLMAdapter(self.ref, self.adapter.processor) if self.ref is not None else None
         self.ref_cache: dict[str, tuple[float, float]] = {}
+        self.use_ref_cache = False
 
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
         """Batches hold PIL images; `sequence_logps` encodes and places tensors itself."""
@@ -77,15 +87,15 @@ class DPOStage(GuardedOptimization, L.LightningModule):
         return seq[:n], seq[n:]
 
     def reference_logps(self, batch: dict) -> tuple[Tensor, Tensor]:
-        if self.ref is None:
+        if self.use_ref_cache:
             cached = torch.tensor([self.ref_cache[i] for i in batch["id"]], device=self.device)
             return cached[:, 0], cached[:, 1]
-        with torch.no_grad():
-            return self.sequence_logps(self.ref_adapter, batch)
+        with torch.no_grad(), reference_mode(self.policy):
+            return self.sequence_logps(self.ref_adapter or self.adapter, batch)
 
     def on_fit_start(self) -> None:
         """With `precompute_ref_logps`, score every training and validation pair once."""
-        if not self.hparams.precompute_ref_logps or self.ref is None:
+        if not self.hparams.precompute_ref_logps or self.use_ref_cache:
             return
         dm = self.trainer.datamodule
         for loader in (dm.train_dataloader(), dm.val_dataloader()):
@@ -94,7 +104,8 @@ class DPOStage(GuardedOptimization, L.LightningModule):
                 self.ref_cache.update(
                     zip(batch["id"], zip(chosen.tolist(), rejected.tolist(), strict=True), strict=True)
                 )
-        self.ref = self.ref_adapter = None  # training and validation now need only the cache
+        self.use_ref_cache = True  # training and validation now need only the cache
+        self.ref = self.ref_adapter = None
 
     def on_train_epoch_start(self) -> None:
         """Lightning sets every submodule to train mode; the reference stays in eval mode."""
@@ -125,7 +136,6 @@ class DPOStage(GuardedOptimization, L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         total = self.trainer.estimated_stepping_batches
-        return adamw_schedule(self.policy.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.schedule)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
+        return adamw_schedule(
+            self.policy.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.schedule, hp.optimizer
+        )

@@ -7,20 +7,25 @@ micro-batches, one optimizer step per epoch. The math is in `losses.py`.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
 from lit_caprl.models.adapter import Completions, PromptBatch, VLMAdapter
 from lit_caprl.models.loading import load_policy
+from lit_caprl.models.lora import LoRA, reference_mode
+from lit_caprl.models.sharding import average_gradients, is_sharded, max_over_ranks, shard
 from lit_caprl.rewards.base import freeze
 from lit_caprl.stages import losses
 from lit_caprl.stages.optim import NonFiniteGuard, adamw_schedule
+from lit_caprl.stages.policy import PolicyStage
 
 
-class GRPOStage(L.LightningModule):
+class GRPOStage(PolicyStage, L.LightningModule):
     """Group-relative policy optimisation of a captioner against frozen rewards.
 
     Args:
@@ -30,7 +35,8 @@ class GRPOStage(L.LightningModule):
         max_new_tokens: caption budget; a caption without EOS by then counts as truncated.
         temperature, top_p: sampling settings; the policy's log-probs use the same temperature.
         lr, weight_decay, warmup_steps, schedule: AdamW; `constant` after warm-up as in CapRL++, or `cosine`.
-        beta: KL coefficient (k3) to a frozen copy of the initial policy; 0 holds no reference at all.
+        beta: KL coefficient (k3) to the initial policy (a frozen copy, or the policy with LoRA adapters
+            disabled); 0 holds no reference at all.
         epsilon_low, epsilon_high: clip range of the ratio (DAPO's clip-higher when high > low).
         mu: inner epochs per rollout batch; with 1 the ratio is exactly 1 and no old log-probs are computed.
         loss_type: grpo | bnpo | dr_grpo | dapo aggregation (see `losses.aggregate`).
@@ -40,6 +46,12 @@ class GRPOStage(L.LightningModule):
         max_grad_norm: gradient-norm clip (0 disables).
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         max_rollout_steps: stop after this many rollout batches (Lightning's `max_steps` counts optimizer steps).
+        shard_reference: under FSDP2, shard the reference model on its own instead of replicating it.
+        seed: rollout sampling seed; rollout i on rank r draws from the stream (seed, r, i), so ranks
+            sample independently and a resumed run draws what the uninterrupted run drew.
+        lora: train LoRA adapters instead of all weights (`LoRA(quantize="nf4")` is QLoRA).
+        gradient_checkpointing: recompute activations in backward to save memory.
+        optimizer: adamw, or adamw8bit (bitsandbytes, 8-bit optimizer states).
     """
 
     def __init__(
@@ -67,6 +79,11 @@ class GRPOStage(L.LightningModule):
         max_grad_norm: float = 1.0,
         max_bad_steps: int = 10,
         max_rollout_steps: int | None = None,
+        shard_reference: bool = False,
+        seed: int = 0,
+        lora: LoRA | None = None,
+        gradient_checkpointing: bool = False,
+        optimizer: str = "adamw",
         dtype: str = "float32",
     ) -> None:
         super().__init__()
@@ -75,10 +92,11 @@ class GRPOStage(L.LightningModule):
         self.save_hyperparameters(ignore=["reward"])
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave out the frozen reward and reference
-        self.adapter = load_policy(model, init_from, dtype)
+        self.adapter = load_policy(model, init_from, dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
         self.policy = self.adapter.model.train()
         self.reward = reward
-        self.ref = freeze(copy.deepcopy(self.policy)) if beta > 0 else None
+        # With LoRA the reference is the policy with its adapters disabled: no second copy.
+        self.ref = freeze(copy.deepcopy(self.policy)) if beta > 0 and lora is None else None
         self.ref_adapter = VLMAdapter(self.ref, self.adapter.processor) if self.ref is not None else None
         self.rollout_step = 0
         self.nonfinite = NonFiniteGuard(max_bad_steps)
@@ -90,10 +108,33 @@ class GRPOStage(L.LightningModule):
         width = completions.ids.shape[1]
         chunks = []
         with torch.no_grad():
-            for idx in torch.arange(len(prompts), device=self.device).split(self.hparams.micro_batch_size):
+            for idx, weight in self.micro_batches(torch.arange(len(prompts), device=self.device)):
                 lp = adapter.completion_logprobs(adapter.select(prompts, idx), _rows(completions, idx), temperature)
-                chunks.append(F.pad(lp, (0, width - lp.shape[1])))
+                if weight:
+                    chunks.append(F.pad(lp, (0, width - lp.shape[1])))
         return torch.cat(chunks)
+
+    def reference_logprobs(self, prompts: PromptBatch, completions: Completions, temperature: float) -> Tensor:
+        """Per-token log-probs under the reference: the frozen copy, or the policy without adapters."""
+        with reference_mode(self.policy):
+            return self.sequence_logprobs(self.ref_adapter or self.adapter, prompts, completions, temperature)
+
+    def micro_batches(self, rows: Tensor) -> list[tuple[Tensor, float]]:
+        """`rows` in chunks of `micro_batch_size`, each with weight 1. A sharded policy runs
+        collectives in every forward, so all ranks must run as many chunks as the busiest rank
+        (dynamic sampling leaves ranks with different row counts): the others repeat their last
+        chunk with weight 0."""
+        chunks = list(rows.split(self.hparams.micro_batch_size))
+        extra = max_over_ranks(len(chunks)) - len(chunks) if is_sharded(self.policy) else 0
+        return [(c, 1.0) for c in chunks] + [(chunks[-1], 0.0)] * extra
+
+    def configure_model(self) -> None:
+        """Under FSDP2 the policy is one root (see `PolicyStage`); the reference is its own root
+        when `shard_reference`, else replicated. The reward stays replicated: its micro-batching
+        follows each rank's caption count, which can differ between ranks."""
+        super().configure_model()
+        if self.device_mesh is not None and self.ref is not None and self.hparams.shard_reference:
+            shard(self.ref, self.device_mesh["data_parallel"])
 
     def on_train_epoch_start(self) -> None:
         """Lightning sets every submodule to train mode at the start of training; the reward
@@ -123,9 +164,13 @@ class GRPOStage(L.LightningModule):
             "dapo": self.trainer.strategy.reduce(local_tokens, reduce_op="sum") / self.trainer.world_size,
         }.get(hp.loss_type)
         stats: dict[str, list[Tensor]] = {"loss": [], "kl": [], "clip_fraction": [], "entropy_proxy": []}
+        ddp = isinstance(self.trainer.strategy, DDPStrategy)
         for _ in range(hp.mu):
             opt.zero_grad()
-            for idx in torch.randperm(n, device=self.device).split(hp.micro_batch_size):
+            chunks = self.micro_batches(torch.randperm(n, device=self.device))
+            for i, (idx, weight) in enumerate(chunks):
+                if is_sharded(self.policy):  # reduce-scatter gradients once, after the last micro-batch
+                    self.policy.set_requires_gradient_sync(i == len(chunks) - 1)
                 comps = _rows(ro.completions, idx)
                 logp = self.adapter.completion_logprobs(self.adapter.select(ro.prompts, idx), comps, ro.temperature)
                 w = logp.shape[1]
@@ -139,12 +184,18 @@ class GRPOStage(L.LightningModule):
                 )  # fmt: skip
                 if hp.loss_type == "grpo":
                     loss = loss * len(idx) / n
-                self.manual_backward(loss)
+                loss = loss * weight
+                with self.trainer.strategy.block_backward_sync() if ddp else nullcontext():
+                    self.manual_backward(loss)
+                if not weight:
+                    continue
                 stats["loss"].append(loss.detach())
                 stats["clip_fraction"].append(metrics["clip_fraction"])
                 stats["entropy_proxy"].append(losses.masked_mean(-logp.detach(), m))
                 if "kl" in metrics:
                     stats["kl"].append(metrics["kl"])
+            if ddp:
+                average_gradients(self.policy.parameters())
             if not self.nonfinite.ok(torch.stack(stats["loss"]).sum(), self.policy.parameters()):
                 opt.zero_grad()  # a NaN reward or an overflow costs this step, not the run
                 continue
@@ -170,10 +221,11 @@ class GRPOStage(L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         total = (hp.max_rollout_steps or 1000) * hp.mu
-        return adamw_schedule(self.policy.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.schedule)
+        return adamw_schedule(
+            self.policy.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.schedule, hp.optimizer
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
         checkpoint["rollout_step"] = self.rollout_step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

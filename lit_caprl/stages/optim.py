@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from lit_caprl.models.sharding import all_ranks
 
 
 def adamw_schedule(
@@ -15,10 +18,19 @@ def adamw_schedule(
     warmup_steps: int,
     total_steps: int,
     schedule: Literal["cosine", "constant"] = "cosine",
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw",
 ) -> dict:
-    """Lightning's optimizer dict over the trainable `params`; the schedule steps per optimizer step."""
+    """Lightning's optimizer dict over the trainable `params`; the schedule steps per optimizer step.
+    `adamw8bit` is bitsandbytes' AdamW with 8-bit states (a quarter of AdamW's state memory)."""
     trainable = [p for p in params if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    if optimizer == "adamw":
+        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(trainable, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be adamw or adamw8bit, got {optimizer!r}")
     if schedule == "cosine":
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, warmup_steps + 1))
     elif schedule == "constant":
@@ -37,9 +49,9 @@ class NonFiniteGuard:
 
     def ok(self, loss: torch.Tensor | None, params) -> bool:
         finite = (loss is None or bool(torch.isfinite(loss).all())) and all(
-            p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params
+            p.grad is None or bool(torch.isfinite(_local(p.grad)).all()) for p in params
         )
-        if finite:
+        if all_ranks(finite):  # one rank's NaN skips the step everywhere, or the ranks would diverge
             self.in_a_row = 0
             return True
         self.in_a_row += 1
@@ -50,6 +62,11 @@ class NonFiniteGuard:
                 f"({self.skipped} skipped in all); stopping. Lower the learning rate or check the data and rewards."
             )
         return False
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 (DTensor) gradient; the tensor itself otherwise."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 class GuardedOptimization:

@@ -7,10 +7,12 @@ import torch
 
 from lit_caprl.models.adapter import Completions, PromptBatch
 from lit_caprl.models.loading import load_policy
+from lit_caprl.models.lora import LoRA
 from lit_caprl.stages.optim import GuardedOptimization, adamw_schedule
+from lit_caprl.stages.policy import PolicyStage
 
 
-class SFTStage(GuardedOptimization, L.LightningModule):
+class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
     """Trains `model` (a Hub id or export directory) to continue each prompt with its target.
 
     Only completion tokens (target + EOS) are scored: prompt and image tokens are context.
@@ -22,6 +24,9 @@ class SFTStage(GuardedOptimization, L.LightningModule):
         max_grad_norm: gradient-norm clip (0 disables).
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         dtype: parameter dtype of the loaded model.
+        lora: train LoRA adapters instead of all weights (`LoRA(quantize="nf4")` is QLoRA).
+        gradient_checkpointing: recompute activations in backward to save memory.
+        optimizer: adamw, or adamw8bit (bitsandbytes, 8-bit optimizer states).
     """
 
     def __init__(
@@ -33,11 +38,14 @@ class SFTStage(GuardedOptimization, L.LightningModule):
         warmup_steps: int = 20,
         max_grad_norm: float = 1.0,
         max_bad_steps: int = 10,
+        lora: LoRA | None = None,
+        gradient_checkpointing: bool = False,
+        optimizer: str = "adamw",
         dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.adapter = load_policy(model, init_from, dtype)
+        self.adapter = load_policy(model, init_from, dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
         self.policy = self.adapter.model.train()  # from_pretrained returns eval mode
 
     def encode(self, batch: dict) -> tuple[PromptBatch, Completions]:
@@ -67,5 +75,10 @@ class SFTStage(GuardedOptimization, L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         return adamw_schedule(
-            self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, self.trainer.estimated_stepping_batches
+            self.parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.warmup_steps,
+            self.trainer.estimated_stepping_batches,
+            optimizer=hp.optimizer,
         )

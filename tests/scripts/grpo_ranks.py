@@ -1,0 +1,105 @@
+"""A GRPO run on 1 or 2 CPU ranks, launched by the multi-rank tests (Lightning re-runs this
+script once per rank). It writes the policy's full weights after training to `--out`.
+
+`--scripted` replaces sampling with fixed captions of uneven length, so a 1-rank and a 2-rank
+run see exactly the same rollouts and their updates can be compared to 1e-5. Without it, the
+policy samples naturally (completions end at different lengths on each rank).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from lit_caprl.callbacks import HFExport, RolloutCallback
+from lit_caprl.data import ShapesPromptData
+from lit_caprl.models.sharding import full_state_dict
+from lit_caprl.rewards import RewardOutput
+from lit_caprl.stages import GRPOStage
+
+
+class WordCount(torch.nn.Module):
+    """A deterministic reward with spread inside every group: the caption's word count."""
+
+    def forward(self, captions, records, step=0):
+        values = torch.tensor([float(len(c.split())) for c in captions])
+        return RewardOutput(values, {"words": values})
+
+
+class ScriptedRollouts(RolloutCallback):
+    """Caption j of scene n is 2 + 3j + 2n^2 words of its gold caption (repeated as needed):
+    fixed lengths that differ within groups and between ranks' batches."""
+
+    def sample(self, module, images, prompts, records, round_=0):
+        g = module.hparams.num_generations
+        texts = []
+        for r in records:
+            n = int(r.id.split("-")[-1])
+            texts += [" ".join((r.captions[0].split() * 10)[: 2 + 3 * j + 2 * n * n]) for j in range(g)]
+        batch = module.adapter.encode_prompts([module.adapter.chat(p, with_image=True) for p in prompts], images)
+        batch = module.adapter.select(batch.to(module.device), torch.arange(len(records)).repeat_interleave(g))
+        completions = module.adapter.encode_completions(texts).to(module.device)
+        return batch, completions, texts, module.reward(texts, [r for r in records for _ in range(g)])
+
+
+class RecordedRollouts(RolloutCallback):
+    """Natural sampling; keeps each rollout's scenes and completion lengths, to show that the
+    ranks saw different scenes and decoded for different numbers of steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict] = []
+
+    def rollout(self, module, batch):
+        ro = super().rollout(module, batch)
+        self.seen.append({"ids": [r.id for r in ro.records], "lengths": ro.completions.mask.sum(-1).tolist()})
+        return ro
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--policy", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--strategy", choices=["single", "ddp", "fsdp2"], required=True)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--scripted", action="store_true")
+    p.add_argument("--shard-reference", action="store_true")
+    p.add_argument("--root", default=".")
+    p.add_argument("--resume", default=None)
+    a = p.parse_args()
+    L.seed_everything(0)
+    devices = 1 if a.strategy == "single" else 2
+    strategy = {
+        "single": "auto",
+        "ddp": "ddp",
+        "fsdp2": ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+    }[a.strategy]
+    module = GRPOStage(
+        a.policy, WordCount(), num_generations=4, max_new_tokens=12, lr=1e-3, beta=0.04, mu=2,
+        loss_type="dapo", micro_batch_size=3, shard_reference=a.shard_reference, max_rollout_steps=a.steps,
+    )  # fmt: skip
+    if not a.scripted:  # EOS grows likelier with length, so captions end at natural, uneven lengths
+        module.policy.generation_config.exponential_decay_length_penalty = (2, 1.6)
+    rollouts = ScriptedRollouts() if a.scripted else RecordedRollouts()
+    checkpoints = ModelCheckpoint(dirpath=f"{a.root}/ckpt", save_last=True, every_n_train_steps=1)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=100, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        default_root_dir=a.root, callbacks=[rollouts, checkpoints, HFExport()], use_distributed_sampler=True,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=ShapesPromptData(a.data, batch_size=a.batch_size), ckpt_path=a.resume)
+    if not a.scripted:
+        Path(f"{a.out}.rank{trainer.global_rank}.json").write_text(json.dumps(rollouts.seen))
+    state = full_state_dict(module.policy) or module.policy.state_dict()
+    if trainer.is_global_zero:
+        torch.save({k: v.detach().clone() for k, v in state.items()}, a.out)
+
+
+if __name__ == "__main__":
+    main()
