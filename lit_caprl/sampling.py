@@ -8,6 +8,7 @@ import hashlib
 import torch
 
 from lit_caprl.data.schema import Record
+from lit_caprl.engines import HFEngine, Request, RolloutEngine
 from lit_caprl.models.adapter import Completions, PromptBatch, VLMAdapter
 from lit_caprl.rewards.base import RewardOutput
 
@@ -25,6 +26,7 @@ def sample_and_score(
     top_p: float = 1.0,
     step: int = 0,
     device: torch.device | str = "cpu",
+    engine: RolloutEngine | None = None,
 ) -> tuple[PromptBatch, Completions, list[str], RewardOutput]:
     """G sampled captions per image, scored: the shared first half of GRPO rollouts and pair mining.
 
@@ -34,7 +36,8 @@ def sample_and_score(
     batch = adapter.select(batch, torch.arange(len(images), device=device).repeat_interleave(g))
     was_training = adapter.model.training
     adapter.model.eval()
-    completions = adapter.generate(batch, max_new_tokens, temperature, top_p)
+    request = Request(texts, images, batch, g, max_new_tokens, temperature, top_p)
+    completions = (engine or HFEngine()).generate(adapter, request)
     adapter.model.train(was_training)
     captions = adapter.decode(completions)
     scored = reward(captions, [r for r in records for _ in range(g)], step=step)

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from lit_caprl.engines import make_engine
 from lit_caprl.mining import PairWriter, mine_groups
 from lit_caprl.models.adapter import Completions, PromptBatch
 from lit_caprl.models.sharding import all_ranks
@@ -50,6 +51,8 @@ class RolloutCallback(L.Callback):
             gradient) and refill with groups of fresh training prompts, up to `max_refill_rounds`
             extra sampling rounds; the counts are logged as `rollout/dropped_groups` and
             `rollout/refill_rounds`. Needs a DataModule with `train_set`.
+        engine: what samples (see `lit_caprl.engines`): hf, vllm, or auto (vLLM when installed
+            and a GPU exists, else the policy's own `generate`).
     """
 
     def __init__(
@@ -58,10 +61,16 @@ class RolloutCallback(L.Callback):
         pair_min_margin: float = 0.0,
         dynamic_sampling: bool = False,
         max_refill_rounds: int = 3,
+        engine: str = "auto",
     ) -> None:
+        self.engine_name, self.engine = engine, None
         self.pairs = PairWriter(pairs_dir) if pairs_dir else None
         self.pair_min_margin = pair_min_margin
         self.dynamic_sampling, self.max_refill_rounds = dynamic_sampling, max_refill_rounds
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.engine is None:
+            self.engine = make_engine(self.engine_name, pl_module.hparams.model)  # weights: synced each rollout
 
     @torch.no_grad()
     def on_train_batch_start(
@@ -73,12 +82,13 @@ class RolloutCallback(L.Callback):
         """G scored captions per prompt: (prompts, completions, texts, RewardOutput). The draw
         uses its own RNG stream, seeded by (seed, rank, rollout step, refill round)."""
         hp = module.hparams
+        self.engine.sync(module.adapter)
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(stream_seed(hp.seed, module.global_rank, module.rollout_step, round_))
             return sample_and_score(
                 module.adapter, module.reward, images, prompts, records, hp.num_generations,
-                hp.max_new_tokens, hp.temperature, hp.top_p, module.rollout_step, module.device,
+                hp.max_new_tokens, hp.temperature, hp.top_p, module.rollout_step, module.device, self.engine,
             )  # fmt: skip
 
     @torch.no_grad()

@@ -216,7 +216,7 @@ class VLMAdapter:
                 suppress_tokens=self._suppressed(),
                 synced_gpus=is_sharded(self.model) and distributed(),
             )
-        return self._completions(out[:, batch.input_ids.shape[1] :])
+        return self.completions_from_ids(out[:, batch.input_ids.shape[1] :])
 
     def _suppressed(self) -> list[int]:
         ids = {self.pad_id, self.tokenizer.bos_token_id, self.tokenizer.unk_token_id}
@@ -232,8 +232,9 @@ class VLMAdapter:
         ids.discard(None)
         return sorted(ids)
 
-    def _completions(self, ids: Tensor) -> Completions:
-        """Mask up to and including the first EOS; rows with no EOS are truncated."""
+    def completions_from_ids(self, ids: Tensor) -> Completions:
+        """Sampled token ids as `Completions`: the mask covers each row up to and including its
+        first EOS (the rest becomes padding); rows with no EOS are truncated."""
         is_eos = ids == self.eos_id
         has_eos = is_eos.any(-1)
         first = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
