@@ -34,6 +34,40 @@ def test_logprobs_in_padded_batch_equal_alone(tiny_models, family):
         torch.testing.assert_close(together[i, :n], alone[0, :n], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_group_shared_prompts_give_the_same_logprobs_and_gradients(tiny_models, family):
+    """Encoding each prompt once for its G completions (a KV cache repeated G times) is an
+    optimisation only: log-probs and gradients equal the plain forward over repeated prompts."""
+    torch.manual_seed(0)
+    adapter = load_model(tiny_models[family])
+    adapter.model.train()
+    rng = random.Random(0)
+    images = [shapes.render(shapes.sample_scene(rng)) for _ in range(2)]
+    prompts = [adapter.chat("describe this image in detail .", True), adapter.chat("describe this image .", True)]
+    batch = adapter.encode_prompts(prompts, images)
+    batch = adapter.select(batch, torch.arange(2).repeat_interleave(3))  # 2 groups of G=3, padded prompts
+    completions = adapter.encode_completions([*TARGETS, *reversed(TARGETS)])
+    mask = completions.mask.bool()
+    results = []
+    for group in (1, 3):
+        adapter.model.zero_grad()
+        logp = adapter.completion_logprobs(batch, completions, temperature=0.7, group=group)
+        logp[mask].sum().backward()
+        results.append(
+            (
+                logp[mask].detach(),
+                {n: p.grad.clone() for n, p in adapter.model.named_parameters() if p.grad is not None},
+            )
+        )
+    (plain, plain_grads), (shared, shared_grads) = results
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
+    assert shared_grads.keys() == plain_grads.keys() and plain_grads
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], g, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="whole groups"):
+        adapter.completion_logprobs(batch, completions, group=4)
+
+
 def test_select_slices_flattened_qwen_patches(tiny_models):
     adapter = load_model(tiny_models["qwen2_5_vl"])
     rng = random.Random(1)

@@ -15,3 +15,13 @@ def test_reader_reward_benchmark_quick(tmp_path):
     result = json.loads(out.read_text())
     assert {"logprob_qps", "sample_qps", "ratio", "logprob_std", "sample_std"} <= result.keys()
     assert result["logprob_std"] == 0.0
+
+
+def test_grpo_vs_trl_benchmark_quick(tmp_path):
+    out = tmp_path / "g.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/grpo_vs_trl.py"), "--quick", "--out", str(out)],
+                   check=True, timeout=600)  # fmt: skip
+    entry = json.loads(out.read_text())["results"][0]
+    for key in ("lit_caprl_completions_per_s", "trl_completions_per_s", "ratio", "lit_caprl_peak_rss_mb",
+                "trl_peak_rss_mb"):  # fmt: skip
+        assert entry[key] > 0, key

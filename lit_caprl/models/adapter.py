@@ -165,18 +165,60 @@ class VLMAdapter:
             kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return kwargs
 
-    def completion_logprobs(self, batch: PromptBatch, completions: Completions, temperature: float = 1.0) -> Tensor:
+    def completion_logprobs(
+        self, batch: PromptBatch, completions: Completions, temperature: float = 1.0, group: int = 1
+    ) -> Tensor:
         """Per-token log p(completion token | prompt, earlier tokens) at `temperature`, shape [B, L].
 
         Padding positions hold garbage; multiply by `completions.mask`. Only the completion's
         logits are computed (`logits_to_keep`), which skips the LM head over long image prompts.
+
+        `group=G` says rows come in runs of G with the same prompt (GRPO's groups): each prompt
+        and its image are then encoded once and their keys/values shared by the G completions,
+        instead of G times. Same numbers, and gradients still reach the prompt's positions.
         """
         length = completions.ids.shape[1]
-        kwargs = self._forward_kwargs(batch, completions.ids, completions.mask)
-        logits = self.model(**kwargs, logits_to_keep=length + 1).logits[:, :-1].float()
+        if group > 1:
+            logits = self._shared_prompt_logits(batch, completions, group)
+        else:
+            kwargs = self._forward_kwargs(batch, completions.ids, completions.mask)
+            logits = self.model(**kwargs, logits_to_keep=length + 1).logits[:, :-1].float()
         if temperature != 1.0:
             logits = logits / temperature
         return torch.gather(F.log_softmax(logits, dim=-1), 2, completions.ids.unsqueeze(-1)).squeeze(-1)
+
+    def _shared_prompt_logits(self, batch: PromptBatch, completions: Completions, group: int) -> Tensor:
+        """Logits predicting each completion token: one pass over the distinct prompts fills a KV
+        cache, repeated G times along the batch, then one pass over the completions reads it."""
+        n, length = completions.ids.shape
+        if n % group:
+            raise ValueError(f"{n} rows do not form whole groups of {group}")
+        unique = self.select(batch, torch.arange(0, n, group, device=batch.input_ids.device))
+        prompt = self._forward_kwargs(unique, unique.input_ids[:, :0], unique.attention_mask[:, :0])
+        if self.mrope:  # text after the prompt continues from its last (3-D) position, on all axes
+            positions, _ = self.base.model.get_rope_index(
+                prompt["input_ids"], mm_token_type_ids=prompt.get("mm_token_type_ids"),
+                image_grid_thw=prompt["image_grid_thw"], attention_mask=prompt["attention_mask"],
+            )  # fmt: skip
+            prompt["position_ids"] = positions
+            after = positions[..., -1:].repeat_interleave(group, dim=-2)
+            completion_positions = after + 1 + torch.arange(length, device=after.device)
+        else:
+            full_mask = torch.cat([batch.attention_mask, completions.mask.to(batch.attention_mask.dtype)], dim=1)
+            completion_positions = (full_mask.long().cumsum(-1) - 1)[:, -length:]
+        prompt["use_cache"] = True
+        out = self.model(**prompt, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(group)
+        width = unique.input_ids.shape[1]
+        mask = torch.cat([unique.attention_mask.repeat_interleave(group, dim=0), completions.mask], dim=1)
+        rest = self.model(
+            input_ids=completions.ids, attention_mask=mask, position_ids=completion_positions,
+            past_key_values=cache, use_cache=True, logits_to_keep=length,
+            cache_position=torch.arange(width, width + length, device=mask.device),
+        ).logits  # fmt: skip
+        first = out.logits[:, -1:].repeat_interleave(group, dim=0)
+        return torch.cat([first, rest[:, :-1]], dim=1).float()
 
     def next_token_logits(self, batch: PromptBatch) -> Tensor:
         """Logits of the token after each prompt, shape [B, V] (the reader's answer position)."""

@@ -42,7 +42,8 @@ class GRPOStage(PolicyStage, L.LightningModule):
         loss_type: grpo | bnpo | dr_grpo | dapo aggregation (see `losses.aggregate`).
         scale_rewards, advantage: group | batch | none scaling; grpo (mean baseline) or rloo.
         mask_truncated: completions that hit the token budget without EOS get no gradient.
-        micro_batch_size: sequences per forward/backward; gradients accumulate to one step per epoch.
+        micro_batch_size: sequences per forward/backward, rounded down to whole groups (at least one), whose
+            prompts are encoded once per group; gradients accumulate to one step per epoch.
         max_grad_norm: gradient-norm clip (0 disables).
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         max_rollout_steps: stop after this many rollout batches (Lightning's `max_steps` counts optimizer steps).
@@ -108,8 +109,8 @@ class GRPOStage(PolicyStage, L.LightningModule):
         width = completions.ids.shape[1]
         chunks = []
         with torch.no_grad():
-            for idx, weight in self.micro_batches(torch.arange(len(prompts), device=self.device)):
-                lp = adapter.completion_logprobs(adapter.select(prompts, idx), _rows(completions, idx), temperature)
+            for idx, weight in self.micro_batches(len(prompts)):
+                lp = self.logprobs(adapter, adapter.select(prompts, idx), _rows(completions, idx), temperature)
                 if weight:
                     chunks.append(F.pad(lp, (0, width - lp.shape[1])))
         return torch.cat(chunks)
@@ -119,14 +120,25 @@ class GRPOStage(PolicyStage, L.LightningModule):
         with reference_mode(self.policy):
             return self.sequence_logprobs(self.ref_adapter or self.adapter, prompts, completions, temperature)
 
-    def micro_batches(self, rows: Tensor) -> list[tuple[Tensor, float]]:
-        """`rows` in chunks of `micro_batch_size`, each with weight 1. A sharded policy runs
-        collectives in every forward, so all ranks must run as many chunks as the busiest rank
-        (dynamic sampling leaves ranks with different row counts): the others repeat their last
-        chunk with weight 0."""
-        chunks = list(rows.split(self.hparams.micro_batch_size))
+    def micro_batches(self, n: int, shuffle: bool = False) -> list[tuple[Tensor, float]]:
+        """Row indices of `n` rollout rows in chunks of whole groups (about `micro_batch_size`
+        rows each), so each chunk encodes every prompt and image once; `shuffle` permutes the
+        groups. Each chunk has weight 1. A sharded policy runs collectives in every forward, so
+        all ranks must run as many chunks as the busiest rank (dynamic sampling leaves ranks
+        with different row counts): the others repeat their last chunk with weight 0."""
+        g = self.hparams.num_generations
+        groups = torch.randperm(n // g) if shuffle else torch.arange(n // g)
+        rows = (groups[:, None] * g + torch.arange(g)).flatten().to(self.device)
+        chunks = list(rows.split(max(self.hparams.micro_batch_size // g, 1) * g))
         extra = max_over_ranks(len(chunks)) - len(chunks) if is_sharded(self.policy) else 0
         return [(c, 1.0) for c in chunks] + [(chunks[-1], 0.0)] * extra
+
+    def logprobs(self, adapter: VLMAdapter, prompts: PromptBatch, completions: Completions, temperature: float):
+        """Log-probs of whole groups, each prompt encoded once and shared by its G completions
+        (not with gradient checkpointing, which drops the KV cache the sharing needs)."""
+        checkpointing = adapter.base.is_gradient_checkpointing and torch.is_grad_enabled()
+        group = 1 if checkpointing else self.hparams.num_generations
+        return adapter.completion_logprobs(prompts, completions, temperature, group=group)
 
     def configure_model(self) -> None:
         """Under FSDP2 the policy is one root (see `PolicyStage`); the reference is its own root
@@ -167,12 +179,12 @@ class GRPOStage(PolicyStage, L.LightningModule):
         ddp = isinstance(self.trainer.strategy, DDPStrategy)
         for _ in range(hp.mu):
             opt.zero_grad()
-            chunks = self.micro_batches(torch.randperm(n, device=self.device))
+            chunks = self.micro_batches(n, shuffle=True)
             for i, (idx, weight) in enumerate(chunks):
                 if is_sharded(self.policy):  # reduce-scatter gradients once, after the last micro-batch
                     self.policy.set_requires_gradient_sync(i == len(chunks) - 1)
                 comps = _rows(ro.completions, idx)
-                logp = self.adapter.completion_logprobs(self.adapter.select(ro.prompts, idx), comps, ro.temperature)
+                logp = self.logprobs(self.adapter, self.adapter.select(ro.prompts, idx), comps, ro.temperature)
                 w = logp.shape[1]
                 m = mask[idx, :w]
                 old = ro.old_logp[idx, :w] if ro.old_logp is not None else logp.detach()

@@ -1,0 +1,187 @@
+"""GRPO step throughput: lit_caprl against TRL's GRPOTrainer, side by side, on the same model.
+
+Both train the same locally built Qwen2.5-VL ("small": text hidden 256 x 4 layers, vision
+depth 4, the size of the TRL anchor in ../shared/anchors) on the same synthetic images, with
+the same reward (distinct colour words / 4) and settings: G=8, exactly 64 completion tokens
+(`min_new_tokens=64`), temperature 1, one inner epoch, lr 1e-5, dapo loss, fp32, 2 threads.
+Each measurement is a fresh process; lit_caprl and TRL alternate, `--repeats` times per config.
+A step's time is the wall time between consecutive step ends, median over the steps after
+`--warmup`.
+
+    pip install -e ".[bench]"      # TRL, only needed here
+    python benchmarks/grpo_vs_trl.py [--repeats 3] [--steps 12] [--quick]
+
+Writes benchmarks/results/grpo_vs_trl.json: one entry per config with completions/s and
+peak RSS for each side and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+COLORS = ("red", "green", "blue", "yellow")
+CONFIGS = [(4, 0.04), (4, 0.0), (1, 0.04), (1, 0.0)]  # (prompts per step, beta); G = 8
+G, LENGTH = 8, 64
+
+
+def color_reward(texts: list[str]) -> list[float]:
+    """Distinct colour words in the caption, / 4: the anchor's reward, as a plain function."""
+    return [len(set(t.split()) & set(COLORS)) / 4 for t in texts]
+
+
+def images(n: int) -> list[Image.Image]:
+    """Seeded random 112x112 pictures: 16 image tokens each with the tiny tower's 28-px patches."""
+    g = torch.Generator().manual_seed(0)
+    return [
+        Image.fromarray(torch.randint(0, 256, (112, 112, 3), generator=g, dtype=torch.uint8).numpy()) for _ in range(n)
+    ]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_lit(model: str, prompts: int, beta: float, steps: int) -> list[float]:
+    import lightning as L
+
+    from lit_caprl.callbacks import RolloutCallback
+    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+    from lit_caprl.rewards import RewardOutput
+    from lit_caprl.stages import GRPOStage
+
+    class ColorWords(torch.nn.Module):
+        def forward(self, captions, records, step=0):
+            values = torch.tensor(color_reward(captions))
+            return RewardOutput(values, {"colors": values})
+
+    class Data(L.LightningDataModule):
+        def train_dataloader(self):
+            rows = [{"image": im, "prompt": DEFAULT_CAPTION_PROMPT, "record": None} for im in images(64)]
+            collate = lambda xs: {k: [x[k] for x in xs] for k in xs[0]}  # noqa: E731
+            return torch.utils.data.DataLoader(rows, batch_size=prompts, shuffle=True, collate_fn=collate)
+
+    stamps: list[float] = []
+
+    class StepTimer(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            stamps.append(time.perf_counter())
+
+    L.seed_everything(0)
+    module = GRPOStage(model, ColorWords(), num_generations=G, max_new_tokens=LENGTH, temperature=1.0, lr=1e-5,
+                       beta=beta, mu=1, loss_type="dapo", scale_rewards="group", micro_batch_size=G * prompts,
+                       max_rollout_steps=steps)  # fmt: skip
+    module.policy.generation_config.min_new_tokens = LENGTH
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1000, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[RolloutCallback(engine="hf"), StepTimer()])  # fmt: skip
+    trainer.fit(module, datamodule=Data())
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def run_trl(model: str, prompts: int, beta: float, steps: int) -> list[float]:
+    from datasets import Dataset
+    from transformers import AutoProcessor, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+
+    def reward(completions, **kwargs) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return color_reward(texts)
+
+    stamps: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, *args, **kwargs) -> None:
+            stamps.append(time.perf_counter())
+
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DEFAULT_CAPTION_PROMPT}]}]
+    data = Dataset.from_dict({"prompt": [turn] * 64, "image": images(64)})
+    with tempfile.TemporaryDirectory() as out:
+        args = GRPOConfig(
+            output_dir=out, per_device_train_batch_size=G * prompts, num_generations=G, max_completion_length=LENGTH,
+            temperature=1.0, num_iterations=1, learning_rate=1e-5, beta=beta, loss_type="dapo",
+            scale_rewards="group", max_steps=steps, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+            generation_kwargs={"min_new_tokens": LENGTH}, seed=0, disable_tqdm=True, max_grad_norm=1.0,
+        )  # fmt: skip
+        processor = AutoProcessor.from_pretrained(model)
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+                              processing_class=processor, callbacks=[StepTimer()])  # fmt: skip
+        trainer.train()
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def worker(a: argparse.Namespace) -> None:
+    """One measurement in this (fresh) process; prints a JSON line."""
+    torch.set_num_threads(2)
+    run = run_lit if a.worker == "lit_caprl" else run_trl
+    steps = run(a.model, a.prompts, a.beta, a.steps)[a.warmup - 1 :]
+    print(json.dumps({"step_s": statistics.median(steps), "peak_rss_mb": peak_rss_mb()}))
+
+
+def measure(impl: str, model: str, prompts: int, beta: float, a: argparse.Namespace) -> dict:
+    argv = [sys.executable, __file__, "--worker", impl, "--model", model, "--prompts", str(prompts),
+            "--beta", str(beta), "--steps", str(a.steps), "--warmup", str(a.warmup)]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{impl} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--warmup", type=int, default=2, help="step times dropped at the start")
+    p.add_argument("--quick", action="store_true", help="one config, one repeat, 4 steps: checks that it runs")
+    p.add_argument("--model", help="a Qwen2.5-VL save_pretrained dir (default: build the small tiny model)")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "grpo_vs_trl.json"))
+    p.add_argument("--worker", choices=["lit_caprl", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--prompts", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--beta", type=float, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        return worker(a)
+    configs = CONFIGS[:1] if a.quick else CONFIGS
+    if a.quick:
+        a.repeats, a.steps, a.warmup = 1, 4, 2
+    with tempfile.TemporaryDirectory() as tmp:
+        from lit_caprl.models.tiny import make_tiny
+
+        model = a.model or str(make_tiny("qwen2_5_vl", "small", Path(tmp) / "policy"))
+        results = []
+        for prompts, beta in configs:
+            runs: dict[str, list[dict]] = {"lit_caprl": [], "trl": []}
+            for _ in range(a.repeats):
+                for impl in runs:  # alternate, so drifts in machine speed hit both sides alike
+                    runs[impl].append(measure(impl, model, prompts, beta, a))
+            entry = {"prompts_per_step": prompts, "num_generations": G, "beta": beta, "completion_tokens": LENGTH}
+            for impl, rs in runs.items():
+                step = statistics.median(r["step_s"] for r in rs)
+                entry |= {f"{impl}_step_s": step, f"{impl}_completions_per_s": G * prompts / step,
+                          f"{impl}_step_s_per_repeat": [r["step_s"] for r in rs],
+                          f"{impl}_peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}  # fmt: skip
+            entry["ratio"] = entry["lit_caprl_completions_per_s"] / entry["trl_completions_per_s"]
+            results.append(entry)
+            print(f"{prompts}x{G} beta={beta}: lit_caprl {entry['lit_caprl_completions_per_s']:6.1f} completions/s "
+                  f"({entry['lit_caprl_peak_rss_mb']:.0f} MB), TRL {entry['trl_completions_per_s']:6.1f} "
+                  f"({entry['trl_peak_rss_mb']:.0f} MB), ratio {entry['ratio']:.2f}x", flush=True)  # fmt: skip
+    meta = {"repeats": a.repeats, "steps": a.steps, "warmup_dropped": a.warmup, "threads": 2,
+            "model": a.model or "make_tiny qwen2_5_vl small (built here)"}  # fmt: skip
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"settings": meta, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
