@@ -28,24 +28,10 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
+from common import color_reward, images, lit_grpo, step_times
 
-COLORS = ("red", "green", "blue", "yellow")
 CONFIGS = [(4, 0.04), (4, 0.0), (1, 0.04), (1, 0.0)]  # (prompts per step, beta); G = 8
 G, LENGTH = 8, 64
-
-
-def color_reward(texts: list[str]) -> list[float]:
-    """Distinct colour words in the caption, / 4: the anchor's reward, as a plain function."""
-    return [len(set(t.split()) & set(COLORS)) / 4 for t in texts]
-
-
-def images(n: int) -> list[Image.Image]:
-    """Seeded random 112x112 pictures: 16 image tokens each with the tiny tower's 28-px patches."""
-    g = torch.Generator().manual_seed(0)
-    return [
-        Image.fromarray(torch.randint(0, 256, (112, 112, 3), generator=g, dtype=torch.uint8).numpy()) for _ in range(n)
-    ]
 
 
 def peak_rss_mb() -> float:
@@ -53,40 +39,9 @@ def peak_rss_mb() -> float:
 
 
 def run_lit(model: str, prompts: int, beta: float, steps: int) -> list[float]:
-    import lightning as L
-
-    from lit_caprl.callbacks import RolloutCallback
-    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
-    from lit_caprl.rewards import RewardOutput
-    from lit_caprl.stages import GRPOStage
-
-    class ColorWords(torch.nn.Module):
-        def forward(self, captions, records, step=0):
-            values = torch.tensor(color_reward(captions))
-            return RewardOutput(values, {"colors": values})
-
-    class Data(L.LightningDataModule):
-        def train_dataloader(self):
-            rows = [{"image": im, "prompt": DEFAULT_CAPTION_PROMPT, "record": None} for im in images(64)]
-            collate = lambda xs: {k: [x[k] for x in xs] for k in xs[0]}  # noqa: E731
-            return torch.utils.data.DataLoader(rows, batch_size=prompts, shuffle=True, collate_fn=collate)
-
     stamps: list[float] = []
-
-    class StepTimer(L.Callback):
-        def on_train_batch_end(self, *args) -> None:
-            stamps.append(time.perf_counter())
-
-    L.seed_everything(0)
-    module = GRPOStage(model, ColorWords(), num_generations=G, max_new_tokens=LENGTH, temperature=1.0, lr=1e-5,
-                       beta=beta, mu=1, loss_type="dapo", scale_rewards="group", micro_batch_size=G * prompts,
-                       max_rollout_steps=steps)  # fmt: skip
-    module.policy.generation_config.min_new_tokens = LENGTH
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1000, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[RolloutCallback(engine="hf"), StepTimer()])  # fmt: skip
-    trainer.fit(module, datamodule=Data())
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    lit_grpo(model, prompts, G, LENGTH, beta, steps, stamps)
+    return step_times(stamps)
 
 
 def run_trl(model: str, prompts: int, beta: float, steps: int) -> list[float]:
@@ -102,7 +57,7 @@ def run_trl(model: str, prompts: int, beta: float, steps: int) -> list[float]:
 
     stamps: list[float] = []
 
-    class StepTimer(TrainerCallback):
+    class Stamp(TrainerCallback):
         def on_step_end(self, *args, **kwargs) -> None:
             stamps.append(time.perf_counter())
 
@@ -117,9 +72,9 @@ def run_trl(model: str, prompts: int, beta: float, steps: int) -> list[float]:
         )  # fmt: skip
         processor = AutoProcessor.from_pretrained(model)
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                              processing_class=processor, callbacks=[StepTimer()])  # fmt: skip
+                              processing_class=processor, callbacks=[Stamp()])  # fmt: skip
         trainer.train()
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return step_times(stamps)
 
 
 def worker(a: argparse.Namespace) -> None:

@@ -1,0 +1,68 @@
+"""What the GRPO benchmarks share: synthetic images, the colour-word reward, a lit_caprl GRPO run.
+
+Only torch and PIL are imported at the top, so a TRL worker process loads nothing of ours
+(its peak RSS is TRL's own)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from PIL import Image
+
+COLORS = ("red", "green", "blue", "yellow")
+
+
+def color_reward(texts: list[str]) -> list[float]:
+    """Distinct colour words in the caption, / 4: the TRL anchor's reward, as a plain function."""
+    return [len(set(t.split()) & set(COLORS)) / 4 for t in texts]
+
+
+def images(n: int) -> list[Image.Image]:
+    """Seeded random 112x112 pictures: 16 image tokens each with the tiny tower's 28-px patches."""
+    g = torch.Generator().manual_seed(0)
+    return [
+        Image.fromarray(torch.randint(0, 256, (112, 112, 3), generator=g, dtype=torch.uint8).numpy()) for _ in range(n)
+    ]
+
+
+def step_times(stamps: list[float]) -> list[float]:
+    """Wall time between consecutive step ends."""
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def lit_grpo(model: str, prompts: int, g: int, length: int, beta: float, steps: int, stamps: list[float]):
+    """`steps` lit_caprl GRPO steps with exactly `length` completion tokens, appending each step
+    end's time to `stamps` (a step includes its rollout, which runs at batch start)."""
+    import lightning as L
+
+    from lit_caprl.callbacks import RolloutCallback
+    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+    from lit_caprl.rewards import RewardOutput
+    from lit_caprl.stages import GRPOStage
+
+    class ColorWords(torch.nn.Module):
+        def forward(self, captions, records, step=0):
+            values = torch.tensor(color_reward(captions))
+            return RewardOutput(values, {"colors": values})
+
+    class ImageData(L.LightningDataModule):
+        def train_dataloader(self):
+            rows = [{"image": im, "prompt": DEFAULT_CAPTION_PROMPT, "record": None} for im in images(64)]
+            collate = lambda xs: {k: [x[k] for x in xs] for k in xs[0]}  # noqa: E731
+            return torch.utils.data.DataLoader(rows, batch_size=prompts, shuffle=True, collate_fn=collate)
+
+    class Stamp(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            stamps.append(time.perf_counter())
+
+    L.seed_everything(0)
+    module = GRPOStage(model, ColorWords(), num_generations=g, max_new_tokens=length, temperature=1.0, lr=1e-5,
+                       beta=beta, mu=1, loss_type="dapo", scale_rewards="group", micro_batch_size=g * prompts,
+                       max_rollout_steps=steps)  # fmt: skip
+    module.policy.generation_config.min_new_tokens = length
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1000, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[RolloutCallback(engine="hf"), Stamp()])  # fmt: skip
+    trainer.fit(module, datamodule=ImageData())
+    return module
