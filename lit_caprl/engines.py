@@ -51,7 +51,9 @@ class HFEngine:
         pass
 
     def generate(self, adapter: VLMAdapter, request: Request) -> Completions:
-        return adapter.generate(request.batch, request.max_new_tokens, request.temperature, request.top_p)
+        return adapter.generate(
+            request.batch, request.max_new_tokens, request.temperature, request.top_p, group=request.g
+        )
 
 
 class VLLMEngine:

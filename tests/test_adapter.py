@@ -68,6 +68,23 @@ def test_group_shared_prompts_give_the_same_logprobs_and_gradients(tiny_models, 
         adapter.completion_logprobs(batch, completions, group=4)
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_group_shared_prefill_generates_the_same_captions(tiny_models, family):
+    """Generation that encodes each prompt once per group draws exactly what plain generation
+    draws, greedy and sampled with the same seed."""
+    adapter = load_model(tiny_models[family])
+    rng = random.Random(2)
+    images = [shapes.render(shapes.sample_scene(rng)) for _ in range(2)]
+    prompts = [adapter.chat("describe this image in detail .", True), adapter.chat("describe this image .", True)]
+    batch = adapter.select(adapter.encode_prompts(prompts, images), torch.arange(2).repeat_interleave(4))
+    for sample in (False, True):
+        torch.manual_seed(1)
+        plain = adapter.generate(batch, 12, do_sample=sample)
+        torch.manual_seed(1)
+        shared = adapter.generate(batch, 12, do_sample=sample, group=4)
+        assert torch.equal(shared.ids, plain.ids) and torch.equal(shared.mask, plain.mask)
+
+
 def test_select_slices_flattened_qwen_patches(tiny_models):
     adapter = load_model(tiny_models["qwen2_5_vl"])
     rng = random.Random(1)

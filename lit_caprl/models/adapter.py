@@ -234,13 +234,17 @@ class VLMAdapter:
         temperature: float = 1.0,
         top_p: float = 1.0,
         do_sample: bool = True,
+        group: int = 1,
     ) -> Completions:
         """Sample completions under `no_grad` (not `inference_mode`: their tensors later enter
         a training forward). Tokens that would break a forward pass (image, pad) are suppressed.
 
         An FSDP2-sharded model decodes in lock-step (`synced_gpus`): a rank whose captions all
         ended keeps joining the other ranks' forward passes (and their all-gathers) until every
-        rank is done, instead of leaving them hanging."""
+        rank is done, instead of leaving them hanging.
+
+        `group=G` (rows in runs of G with the same prompt): each prompt and image is encoded once
+        and its KV cache repeated G times; decoding then continues from that cache."""
         if self.mrope:
             self.base.model.rope_deltas = None
         kwargs = self._forward_kwargs(batch, batch.input_ids[:, :0], batch.attention_mask[:, :0])
@@ -248,6 +252,8 @@ class VLMAdapter:
         kwargs.pop("position_ids", None)
         sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
         with root_unsharded(self.model):
+            if group > 1:
+                kwargs = self._prefill_groups(batch, kwargs, group)
             out = self.model.generate(
                 **kwargs,
                 max_new_tokens=max_new_tokens,
@@ -259,6 +265,25 @@ class VLMAdapter:
                 synced_gpus=is_sharded(self.model) and distributed(),
             )
         return self.completions_from_ids(out[:, batch.input_ids.shape[1] :])
+
+    def _prefill_groups(self, batch: PromptBatch, kwargs: dict, group: int) -> dict:
+        """Encode each distinct prompt (all but its last token) once, repeat the cache G times,
+        and return `generate` kwargs that continue from it: the images are already in the cache."""
+        n = len(batch)
+        if n % group:
+            raise ValueError(f"{n} rows do not form whole groups of {group}")
+        unique = self.select(batch, torch.arange(0, n, group, device=batch.input_ids.device))
+        prefill = self._forward_kwargs(unique, unique.input_ids[:, :0], unique.attention_mask[:, :0])
+        prefill.pop("position_ids", None)
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            if key in prefill:  # left padding: the last column is always a real (text) token
+                prefill[key] = prefill[key][:, :-1]
+        prefill["use_cache"] = True
+        cache = self.model(**prefill, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(group)
+        if self.mrope:
+            self.base.model.rope_deltas = self.base.model.rope_deltas.repeat_interleave(group, dim=0)
+        return {k: v for k, v in kwargs.items() if k != "pixel_values"} | {"past_key_values": cache}
 
     def _suppressed(self) -> list[int]:
         ids = {self.pad_id, self.tokenizer.bos_token_id, self.tokenizer.unk_token_id}
