@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit_caprl.data import prompts, shapes
 from lit_caprl.data.schema import LETTERS, Problem, Record, load_records
@@ -87,9 +89,13 @@ class _Base(L.LightningDataModule):
         self.val_set: Dataset | None = None
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        """Training loaders are stateful (torchdata): Lightning saves their position in each
+        checkpoint, so a run resumed mid-epoch sees the batches it would have seen. The
+        shuffling generator is seeded from the run's seed (`seed_everything`)."""
+        generator = torch.Generator().manual_seed(torch.initial_seed()) if shuffle else None
+        return StatefulDataLoader(
             ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
-            num_workers=self.num_workers, drop_last=shuffle,
+            num_workers=self.num_workers, drop_last=shuffle, generator=generator,
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:

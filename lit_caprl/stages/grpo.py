@@ -238,9 +238,11 @@ class GRPOStage(PolicyStage, L.LightningModule):
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rollout_step"] = self.rollout_step
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["rollout_step"] = self.rollout_step  # the sampling and reward-draw streams follow it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.rollout_step = checkpoint.get("rollout_step", 0)
 
 

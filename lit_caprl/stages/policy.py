@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
+import torch
+
 from lit_caprl.models.sharding import shard
+
+
+def rng_states() -> dict:
+    """This process's torch, CUDA, numpy and Python RNG states, as tensors and plain numbers
+    (checkpoints load with `weights_only=True`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
 
 
 class PolicyStage:
@@ -14,6 +41,8 @@ class PolicyStage:
       own sources at construction, so checkpoints stay policy-sized and a sharded checkpoint
       load asks for exactly the keys that were saved. Stages with frozen parts therefore set
       `strict_loading = False`.
+    - Checkpoints carry the RNG states, so a resumed run draws what the original run would
+      have drawn (with the data position that the stateful train loader saves).
     """
 
     def configure_model(self) -> None:
@@ -24,3 +53,10 @@ class PolicyStage:
         state = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
         return type(state)((k, v) for k, v in state.items() if k.startswith(f"{prefix}policy."))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])

@@ -81,7 +81,7 @@ def main() -> None:
         "fsdp2": ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
     }[a.strategy]
     module = GRPOStage(
-        a.policy, WordCount(), num_generations=4, max_new_tokens=12, lr=1e-3, beta=0.04, mu=2,
+        a.policy, WordCount(), num_generations=4, max_new_tokens=12 if a.scripted else 24, lr=1e-3, beta=0.04, mu=2,
         loss_type="dapo", micro_batch_size=3, shard_reference=a.shard_reference, max_rollout_steps=a.steps,
     )  # fmt: skip
     if not a.scripted:  # EOS grows likelier with length, so captions end at natural, uneven lengths
