@@ -25,3 +25,14 @@ def test_grpo_vs_trl_benchmark_quick(tmp_path):
     for key in ("lit_caprl_completions_per_s", "trl_completions_per_s", "ratio", "lit_caprl_peak_rss_mb",
                 "trl_peak_rss_mb"):  # fmt: skip
         assert entry[key] > 0, key
+
+
+def test_scaling_benchmark_quick(tmp_path):
+    out = tmp_path / "s.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/scaling.py"), "--quick", "--out", str(out)],
+                   check=True, timeout=600)  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["g"] for r in rows] == [2, 4]
+    for r in rows:
+        assert r["step_s"] > r["generation_s"] > 0 and r["update_s"] > 0 and 0 < r["vision_share"] < 1
+    assert out.with_suffix(".png").stat().st_size > 0
