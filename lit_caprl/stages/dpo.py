@@ -33,9 +33,8 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         precompute_ref_logps: score all training pairs with the reference once, then drop the reference.
         lr, weight_decay, warmup_steps, schedule, max_grad_norm: AdamW as in the other stages.
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
-        lora: train LoRA adapters instead of all weights (`LoRA(quantize="nf4")` is QLoRA).
-        gradient_checkpointing: recompute activations in backward to save memory.
-        optimizer: adamw, or adamw8bit (bitsandbytes, 8-bit optimizer states).
+        lora, gradient_checkpointing, optimizer: LoRA/QLoRA and memory options (see `SFTStage`); with
+            LoRA the reference is the policy with its adapters disabled.
     """
 
     def __init__(

@@ -50,9 +50,8 @@ class GRPOStage(PolicyStage, L.LightningModule):
         shard_reference: under FSDP2, shard the reference model on its own instead of replicating it.
         seed: rollout sampling seed; rollout i on rank r draws from the stream (seed, r, i), so ranks
             sample independently and a resumed run draws what the uninterrupted run drew.
-        lora: train LoRA adapters instead of all weights (`LoRA(quantize="nf4")` is QLoRA).
-        gradient_checkpointing: recompute activations in backward to save memory.
-        optimizer: adamw, or adamw8bit (bitsandbytes, 8-bit optimizer states).
+        lora, gradient_checkpointing, optimizer: LoRA/QLoRA and memory options (see `SFTStage`); with
+            LoRA the reference is the policy with its adapters disabled.
     """
 
     def __init__(
