@@ -187,14 +187,19 @@ class VLMAdapter:
             logits = logits / temperature
         return torch.gather(F.log_softmax(logits, dim=-1), 2, completions.ids.unsqueeze(-1)).squeeze(-1)
 
-    def _shared_prompt_logits(self, batch: PromptBatch, completions: Completions, group: int) -> Tensor:
-        """Logits predicting each completion token: one pass over the distinct prompts fills a KV
-        cache, repeated G times along the batch, then one pass over the completions reads it."""
-        n, length = completions.ids.shape
+    def _distinct_prompts(self, batch: PromptBatch, group: int) -> tuple[PromptBatch, dict]:
+        """The first row of each run of `group` rows, and its forward kwargs (prompt only)."""
+        n = len(batch)
         if n % group:
             raise ValueError(f"{n} rows do not form whole groups of {group}")
         unique = self.select(batch, torch.arange(0, n, group, device=batch.input_ids.device))
-        prompt = self._forward_kwargs(unique, unique.input_ids[:, :0], unique.attention_mask[:, :0])
+        return unique, self._forward_kwargs(unique, unique.input_ids[:, :0], unique.attention_mask[:, :0])
+
+    def _shared_prompt_logits(self, batch: PromptBatch, completions: Completions, group: int) -> Tensor:
+        """Logits predicting each completion token: one pass over the distinct prompts fills a KV
+        cache, repeated G times along the batch, then one pass over the completions reads it."""
+        length = completions.ids.shape[1]
+        unique, prompt = self._distinct_prompts(batch, group)
         if self.mrope:  # text after the prompt continues from its last (3-D) position, on all axes
             positions, _ = self.base.model.get_rope_index(
                 prompt["input_ids"], mm_token_type_ids=prompt.get("mm_token_type_ids"),
@@ -269,11 +274,7 @@ class VLMAdapter:
     def _prefill_groups(self, batch: PromptBatch, kwargs: dict, group: int) -> dict:
         """Encode each distinct prompt (all but its last token) once, repeat the cache G times,
         and return `generate` kwargs that continue from it: the images are already in the cache."""
-        n = len(batch)
-        if n % group:
-            raise ValueError(f"{n} rows do not form whole groups of {group}")
-        unique = self.select(batch, torch.arange(0, n, group, device=batch.input_ids.device))
-        prefill = self._forward_kwargs(unique, unique.input_ids[:, :0], unique.attention_mask[:, :0])
+        _, prefill = self._distinct_prompts(batch, group)
         prefill.pop("position_ids", None)
         for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
             if key in prefill:  # left padding: the last column is always a real (text) token
