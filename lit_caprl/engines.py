@@ -73,6 +73,8 @@ class VLLMEngine:
         )  # fmt: skip
 
     def sync(self, adapter: VLMAdapter) -> None:
+        if hasattr(adapter.model, "peft_config"):
+            raise ValueError("VLLMEngine copies full weights; a LoRA policy needs engine 'hf' (or merged weights)")
         state = full_state_dict(adapter.model) or adapter.base.state_dict()
         runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
         runner.model.load_weights(state.items())
