@@ -19,6 +19,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+ANSWER_FORMAT_HELP = "how the reader (and VLM) answer MCQs: the format they were trained in (see lit_caprl.mcq)"
+
 
 class CapRLCLI(LightningCLI):
     """Subclass mode for model and data, OmegaConf interpolation in YAML, several `-c` merge."""
@@ -94,6 +96,7 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--n", type=int, default=300, help="records to evaluate")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (MCQ draws)")
     p.add_argument("--out", help="also write the result as JSON here")
+    p.add_argument("--answer-format", default="letter", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
     records = evaluate.sample_records(load_records(a.data)[0], a.n, seed=0)
     result: dict = {"n": len(records)}
@@ -103,8 +106,8 @@ def _eval(argv: list[str]) -> int:
         result["policy"] = evaluate.caption_fidelity(captions, records)
         result["examples"] = captions[:3]
     if a.reader:
-        result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records)
-        judge = evaluate.utility_judge(a.reader)
+        result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records, a.answer_format)
+        judge = evaluate.utility_judge(a.reader, a.answer_format)
         gold = [r.captions[0] for r in records]
         result["utility"] = {"gold": evaluate.caption_utility(judge, gold, records, a.seeds)}
         result["utility"]["empty"] = evaluate.caption_utility(judge, [""] * len(records), records, a.seeds)
@@ -142,15 +145,16 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--stages", help="stages.json with wall times (written by `lit-caprl pipeline`)")
     p.add_argument("--out", required=True, help="directory for report.json, report.md, report.png")
     p.add_argument("--wandb-project", help="also log the report to this W&B project (as an artifact)")
+    p.add_argument("--answer-format", default="letter", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
     policies = dict(item.split("=", 1) for item in a.policy)
-    rows = report.evaluate_rows(a.data, a.reader, policies, a.n, a.seeds)
+    rows = report.evaluate_rows(a.data, a.reader, policies, a.n, a.seeds, a.answer_format)
     curve = []
     if a.curve:
         logs = sorted(Path(a.curve).rglob("metrics.csv"), key=lambda f: f.stat().st_mtime)
         curve = report.reward_curve(logs[-1]) if logs else []
     stages = json.loads(Path(a.stages).read_text()) if a.stages and Path(a.stages).exists() else {}
-    reader = report.reader_quality(a.data, a.reader, a.n)
+    reader = report.reader_quality(a.data, a.reader, a.n, a.answer_format)
     with atomic_dir(a.out) as tmp:
         print(report.write_report(tmp, rows, stages, curve, reader))
     if a.wandb_project:
@@ -168,8 +172,9 @@ def _curate(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="directory for curated.jsonl and stats.json")
     p.add_argument("--tau-v", type=float, default=0.75, help="keep if visual accuracy > this")
     p.add_argument("--tau-b", type=float, default=0.25, help="... and blind accuracy < this")
+    p.add_argument("--answer-format", default="letter", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
-    curate(a.data, a.vlm, a.reader, a.out, a.tau_v, a.tau_b)
+    curate(a.data, a.vlm, a.reader, a.out, a.tau_v, a.tau_b, a.answer_format)
     return 0
 
 

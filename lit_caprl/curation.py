@@ -14,12 +14,12 @@ from collections import defaultdict
 
 import torch
 
+from lit_caprl import mcq
 from lit_caprl.data import prompts
 from lit_caprl.data.schema import LETTERS, MCQ, Record, load_records
 from lit_caprl.io import atomic_dir, link_image
 from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.models.loading import load_model
-from lit_caprl.rewards.caprl_qa import letter_logits, option_letter_ids
 
 
 def keep_question(visual: float, blind: float, tau_v: float = 0.75, tau_b: float = 0.25) -> bool:
@@ -33,44 +33,54 @@ def _rotations(q: MCQ) -> list[tuple[list[str], int]]:
 
 
 def rotation_accuracy(
-    adapter: VLMAdapter, records: list[Record], visual: bool, batch_size: int = 64
+    adapter: VLMAdapter,
+    records: list[Record],
+    visual: bool,
+    answer_format: mcq.AnswerFormat = "letter",
+    batch_size: int = 64,
 ) -> list[list[float]]:
     """Per record, per question: the share of option rotations the model answers right.
     visual: the VLM sees the image; else the reader sees only the question (empty caption)."""
-    texts, images, n_shown, correct, owner = [], [], [], [], []
+    texts, images, shown, correct, owner = [], [], [], [], []
     for i, r in enumerate(records):
         image = r.load_image() if visual else None
         for k, q in enumerate(r.questions):
             for options, right in _rotations(q):
                 if visual:
-                    texts.append(
-                        adapter.chat(prompts.visual_question(q.question, options), True, prompts.ANSWER_PREFIX)
-                    )
-                    n_shown.append(len(options))
+                    body = prompts.visual_question(q.question, options, answer_format)
+                    shown.append(options)
                 else:
-                    body = prompts.reader_question("", q.question, options)
-                    texts.append(adapter.chat(body, False, prompts.ANSWER_PREFIX))
-                    n_shown.append(len(options) + 1)  # + "cannot answer"
+                    body = prompts.reader_question("", q.question, options, answer_format)
+                    shown.append(prompts.shown_options(options))
+                texts.append(adapter.chat(body, visual, prompts.ANSWER_PREFIX))
                 images.append(image)
                 correct.append(right)
                 owner.append((i, k))
-    ids = option_letter_ids(adapter.tokenizer, adapter.model.name_or_path, max(n_shown))
     adapter.model.eval()
-    picks = letter_logits(adapter, ids, texts, n_shown, batch_size, images if visual else None).argmax(-1)
+    logits = mcq.option_logits(adapter, texts, shown, answer_format, batch_size, images if visual else None)
+    picks = logits.argmax(-1)
     hits: dict[tuple[int, int], list[float]] = defaultdict(list)
     for key, pick, right in zip(owner, picks.tolist(), correct, strict=True):
         hits[key].append(float(pick == right))
     return [[sum(hits[i, k]) / len(hits[i, k]) for k in range(len(r.questions))] for i, r in enumerate(records)]
 
 
-def curate(data: str, vlm: str, reader: str, out: str, tau_v: float = 0.75, tau_b: float = 0.25) -> dict:
+def curate(
+    data: str,
+    vlm: str,
+    reader: str,
+    out: str,
+    tau_v: float = 0.75,
+    tau_b: float = 0.25,
+    answer_format: mcq.AnswerFormat = "letter",
+) -> dict:
     """Filter `data`'s MCQs; write the kept records (`out/curated.jsonl`, images linked) and
     `out/stats.json` (counts overall and per question type), atomically. Records left with
-    no question are dropped and counted."""
+    no question are dropped and counted. Both models are asked in `answer_format`."""
     records, _ = load_records(data)
     with torch.no_grad():
-        visual = rotation_accuracy(load_model(vlm), records, visual=True)
-        blind = rotation_accuracy(load_model(reader), records, visual=False)
+        visual = rotation_accuracy(load_model(vlm), records, visual=True, answer_format=answer_format)
+        blind = rotation_accuracy(load_model(reader), records, visual=False, answer_format=answer_format)
     by_type: dict[str, dict[str, float]] = defaultdict(lambda: {"n": 0, "kept": 0, "visual": 0.0, "blind": 0.0})
     kept_records, dropped = [], 0
     for r, vis, bl in zip(records, visual, blind, strict=True):

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 
 import torch
 
+from lit_caprl import mcq
 from lit_caprl.data import prompts, shapes
 from lit_caprl.data.datamodules import reader_examples
-from lit_caprl.data.schema import LETTERS, Record
+from lit_caprl.data.schema import Record
 from lit_caprl.models.adapter import VLMAdapter
-from lit_caprl.rewards.caprl_qa import CapRLQAReward, letter_logits, option_letter_ids
+from lit_caprl.rewards.caprl_qa import CapRLQAReward
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -66,28 +67,25 @@ def caption_fidelity(captions: list[str], records: list[Record]) -> dict[str, fl
     }
 
 
-def letter_choices(reader: VLMAdapter, texts: list[str], n_options: list[int], batch_size: int = 128) -> list[str]:
-    """The option letter each prompt's reader ranks highest at the answer position."""
+def reader_accuracy(
+    reader: VLMAdapter, records: list[Record], answer_format: mcq.AnswerFormat = "letter", seed: int = 0
+) -> dict[str, float]:
+    """Accuracy on (caption, question) pairs labelled by what the caption answers (gold, partial
+    and empty captions), and the share of "cannot answer" questions it gets right."""
     reader.model.eval()
-    ids = option_letter_ids(reader.tokenizer, reader.model.name_or_path, max(n_options))
-    return [LETTERS[int(i)] for i in letter_logits(reader, ids, texts, n_options, batch_size).argmax(-1)]
-
-
-def reader_accuracy(reader: VLMAdapter, records: list[Record], seed: int = 0) -> dict[str, float]:
-    """Accuracy on (caption, question) pairs labelled by what the caption answers (gold and
-    partial captions), and the share of "cannot answer" questions it gets right."""
-    examples = reader_examples(records, seed)
+    examples = reader_examples(records, seed, answer_format)
     texts = [reader.chat(e["prompt"], with_image=False, prefill=e["prefill"]) for e in examples]
-    n_opts = [e["n_options"] for e in examples]
-    picks = letter_choices(reader, texts, n_opts)
-    correct = [p == e["target"] for p, e in zip(picks, examples, strict=True)]
-    cannot = [c for c, e, n in zip(correct, examples, n_opts, strict=True) if e["target"] == LETTERS[n - 1]]
+    picks = mcq.option_logits(reader, texts, [e["options"] for e in examples], answer_format).argmax(-1).tolist()
+    correct = [p == e["correct"] for p, e in zip(picks, examples, strict=True)]
+    cannot = [c for c, e in zip(correct, examples, strict=True) if e["correct"] == len(e["options"]) - 1]
     return {"accuracy": sum(correct) / len(correct), "cannot_answer_accuracy": sum(cannot) / max(len(cannot), 1)}
 
 
-def utility_judge(reader: str) -> CapRLQAReward:
+def utility_judge(reader: str, answer_format: mcq.AnswerFormat = "letter") -> CapRLQAReward:
     """The reader as an evaluator: 8 seeded MCQ draws per image, scored by argmax (right or wrong)."""
-    return CapRLQAReward(reader, num_draws=8, mode="logprob", score="argmax", rotations=False)
+    return CapRLQAReward(
+        reader, num_draws=8, mode="logprob", score="argmax", rotations=False, answer_format=answer_format
+    )
 
 
 def caption_utility(judge: CapRLQAReward, captions: list[str], records: list[Record], seeds=(0, 1, 2)) -> float:

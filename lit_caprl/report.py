@@ -8,18 +8,25 @@ import csv
 import json
 from pathlib import Path
 
-from lit_caprl import evaluate
+from lit_caprl import evaluate, mcq
 from lit_caprl.data.schema import load_records
 from lit_caprl.models.loading import load_model
 
 COLUMNS = ("utility", "precision", "recall", "length")
 
 
-def evaluate_rows(data: str, reader: str, policies: dict[str, str], n: int = 500, seeds=(0, 1, 2)) -> dict:
+def evaluate_rows(
+    data: str,
+    reader: str,
+    policies: dict[str, str],
+    n: int = 500,
+    seeds=(0, 1, 2),
+    answer_format: mcq.AnswerFormat = "letter",
+) -> dict:
     """Greedy captions of each policy on `n` held-out records, scored by the frozen reader,
     plus the gold captions (the ceiling of utility) and, for scale, the empty caption."""
     records = evaluate.sample_records(load_records(data)[0], n, seed=0)
-    judge = evaluate.utility_judge(reader)
+    judge = evaluate.utility_judge(reader, answer_format)
     captions = {name: evaluate.generate_captions(load_model(path), records) for name, path in policies.items()}
     captions["gold"] = [r.captions[0] for r in records]
     rows = {}
@@ -31,10 +38,12 @@ def evaluate_rows(data: str, reader: str, policies: dict[str, str], n: int = 500
     return rows
 
 
-def reader_quality(data: str, reader: str, n: int = 500) -> dict[str, float]:
+def reader_quality(
+    data: str, reader: str, n: int = 500, answer_format: mcq.AnswerFormat = "letter"
+) -> dict[str, float]:
     """The judge's own held-out accuracy: utility numbers mean little when this is low."""
     records = evaluate.sample_records(load_records(data)[0], n, seed=0)
-    return evaluate.reader_accuracy(load_model(reader), records)
+    return evaluate.reader_accuracy(load_model(reader), records, answer_format)
 
 
 MIN_GAP = 0.02  # below this, gold vs start is within evaluation noise: no headroom to speak of

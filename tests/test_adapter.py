@@ -8,7 +8,7 @@ import torch
 from lit_caprl.data import shapes
 from lit_caprl.models.loading import load_model, resolve
 
-TARGETS = ["at top is a big red circle .", "red", "at center is a small blue cross . at left is"]
+TARGETS = ["top big red circle .", "red", "center small blue cross . at left is"]
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
@@ -19,7 +19,7 @@ def test_logprobs_in_padded_batch_equal_alone(tiny_models, family):
     images = [shapes.render(shapes.sample_scene(rng)) for _ in TARGETS]
     prompts = [  # different prompt lengths force left padding
         adapter.chat("describe this image in detail .", True),
-        adapter.chat("describe this image .", True, prefill="at top is a"),
+        adapter.chat("describe this image .", True, prefill="top"),
         adapter.chat("describe the image in detail .", True),
     ]
     batch = adapter.encode_prompts(prompts, images)
@@ -112,7 +112,7 @@ def test_generate_then_forward_on_other_batch_size(tiny_models, family):
     eos_rows = comps.ids == adapter.eos_id
     assert ((comps.mask.sum(-1) == 6) | eos_rows.any(-1)).all()  # mask runs to the first EOS or the budget
     small = adapter.select(big, torch.tensor([1]))
-    lp = adapter.completion_logprobs(small, adapter.encode_completions(["at top is a big red circle ."]))
+    lp = adapter.completion_logprobs(small, adapter.encode_completions(["top big red circle ."]))
     assert torch.isfinite(lp).all()
 
 
@@ -128,6 +128,6 @@ def test_missing_model_directory_is_an_error(tmp_path):
 def test_loaded_tokenizer_keeps_every_word(tiny_models, family):
     """Each ShapesWorld word is one token after a save/load round trip (no word dropped or unknown)."""
     tok = load_model(tiny_models[family]).tokenizer
-    text = "at top-left is a big red circle . what color is the object at center ? the answer is E"
+    text = "top-left big red circle . what color is the object at center ? the answer is E"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text.split()) and tok.unk_token_id not in ids

@@ -22,7 +22,7 @@ def pair_file(shapes_root) -> Path:
     records, _ = load_records(Path(shapes_root) / "train.jsonl")
     out = Path(shapes_root) / "caprl_test_pairs.jsonl"
     rows = [r.to_json(os.path.relpath(r.image, shapes_root)) | {"chosen": r.captions[0],
-            "rejected": "at top is a small red circle ."} for r in records[:8]]  # fmt: skip
+            "rejected": "top small red circle ."} for r in records[:8]]  # fmt: skip
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return out
 

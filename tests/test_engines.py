@@ -50,7 +50,7 @@ class FixedCaptionEngine:
         self.syncs += 1
 
     def generate(self, adapter, request):
-        ids = adapter.tokenizer(["at top is a big red circle ."] * len(request.batch), add_special_tokens=False,
+        ids = adapter.tokenizer(["top big red circle ."] * len(request.batch), add_special_tokens=False,
                                 return_tensors="pt").input_ids  # fmt: skip
         return adapter.completions_from_ids(torch.cat([ids, torch.full((len(ids), 1), adapter.eos_id)], 1))
 
@@ -76,4 +76,4 @@ def test_the_rollout_callback_syncs_and_samples_through_its_engine(tiny_models, 
                         limit_val_batches=0, default_root_dir=tmp_path, callbacks=[rollouts])  # fmt: skip
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
     assert engine.syncs == 2 and len(seen) == 2
-    assert all(t == "at top is a big red circle ." for ro in seen for t in ro.texts)
+    assert all(t == "top big red circle ." for ro in seen for t in ro.texts)

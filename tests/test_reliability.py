@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_two_rank_run_with_a_bad_record_fails_on_every_rank_without_hanging(tiny_models, tmp_path):
     Image.new("RGB", (84, 84)).save(tmp_path / "img.png")
-    good = {"id": "a", "image": "img.png", "captions": ["at top is a big red circle ."],
+    good = {"id": "a", "image": "img.png", "captions": ["top big red circle ."],
             "questions": [{"question": "what color ?", "options": ["red", "blue"], "answer": "A"}]}  # fmt: skip
     rows = [good, {**good, "id": "b", "image": "missing.png"}, {**good, "id": "c"}]
     data = tmp_path / "d.jsonl"

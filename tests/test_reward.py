@@ -1,13 +1,15 @@
-"""CapRLQAReward: seeded draws, letter parsing, frozen reader, deterministic logprob mode."""
+"""CapRLQAReward and MCQ answering: seeded draws, answer parsing, frozen reader, exact logprob mode."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
+from lit_caprl import mcq
+from lit_caprl.data import prompts
 from lit_caprl.data.schema import LETTERS, load_records
+from lit_caprl.models.loading import load_model
 from lit_caprl.rewards import CapRLQAReward
-from lit_caprl.rewards.caprl_qa import first_letter
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +34,40 @@ def test_option_shuffling_covers_every_position(tiny_models, records):
     assert seen == {0, 1, 2, 3}
 
 
-def test_first_letter_parsing():
-    assert first_letter("B", 5) == "B"
-    assert first_letter("C . because", 5) == "C"
-    assert first_letter("the answer is E", 5) == "E"
-    assert first_letter("F", 5) is None and first_letter("nothing", 5) is None
+def test_sampled_answer_parsing():
+    options = ["red", "red circle", "blue", "cannot answer from the caption"]
+    assert mcq.sampled_choice("B", options, "letter") == 1
+    assert mcq.sampled_choice("C . because", options, "letter") == 2
+    assert mcq.sampled_choice("the answer is D", options, "letter") == 3
+    assert mcq.sampled_choice("E", options, "letter") is None and mcq.sampled_choice("no", options, "letter") is None
+    assert mcq.sampled_choice("red circle .", options, "cloze") == 1  # the longest option that fits
+    assert mcq.sampled_choice("red square", options, "cloze") == 0
+    assert mcq.sampled_choice("cannot answer from the caption", options, "cloze") == 3
+    assert mcq.sampled_choice("green", options, "cloze") is None and mcq.sampled_choice("", options, "cloze") is None
+
+
+def test_cloze_scores_equal_separate_full_forward_passes(tiny_models, records):
+    """Shared-prompt cloze scoring vs an independent formulation: one plain forward per
+    (prompt, option) sequence, summing log p of the option's tokens and EOS."""
+    reader = load_model(tiny_models["qwen2"])
+    texts, shown = [], []
+    for r in records[:3]:
+        q = r.questions[0]
+        body = prompts.reader_question(r.captions[0], q.question, list(q.options), "cloze")
+        texts.append(reader.chat(body, False, prompts.ANSWER_PREFIX))
+        shown.append(prompts.shown_options(q.options))
+    shown[1] = shown[1][:3]  # rows with fewer options are padded with -inf
+    got = mcq.option_logits(reader, texts, shown, "cloze", batch_size=2)
+    tok = reader.tokenizer
+    for i, (text, options) in enumerate(zip(texts, shown, strict=True)):
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        for j, option in enumerate(options):
+            target = tok(option, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            with torch.no_grad():
+                logits = reader.model(torch.tensor([prompt + target])).logits[0].log_softmax(-1)
+            want = sum(float(logits[len(prompt) - 1 + k, t]) for k, t in enumerate(target))
+            assert float(got[i, j]) == pytest.approx(want, abs=1e-4)
+    assert torch.isinf(got[1, 3:]).all() and torch.isfinite(got[0]).all()
 
 
 def test_reader_is_frozen(tiny_models):
@@ -61,12 +92,23 @@ def test_logprob_mode_is_deterministic_and_sample_mode_is_not(tiny_models, recor
     assert set(runs.unique().tolist()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
 
 
+def test_cloze_reward_is_a_probability_over_the_options(tiny_models, records):
+    captions, recs = [r.captions[0] for r in records[:4]], records[:4]
+    reward = CapRLQAReward(tiny_models["qwen2"], num_draws=3, answer_format="cloze", rotations=False)
+    first = reward(captions, recs).rewards
+    assert torch.equal(first, reward(captions, recs).rewards) and ((first > 0) & (first < 1)).all()
+    sampled = CapRLQAReward(tiny_models["qwen2"], num_draws=3, mode="sample", answer_format="cloze")
+    assert set(sampled(captions, recs).rewards.unique().tolist()) <= {0.0, 1 / 3, 2 / 3, 1.0}
+
+
 def test_rotations_average_over_every_cyclic_order(tiny_models, records):
     """With rotations each draw is asked once per cyclic shift; one caption, one draw -> 4 reader prompts."""
     reward = CapRLQAReward(tiny_models["qwen2"], num_draws=1, rotations=True)
     calls = []
     original = reward._score_logprob
-    reward._score_logprob = lambda texts, correct, n: calls.append(sorted(correct)) or original(texts, correct, n)
+    reward._score_logprob = lambda texts, shown, correct: (
+        calls.append(sorted(correct)) or original(texts, shown, correct)
+    )
     reward([records[0].captions[0]], records[:1])
     assert calls == [[0, 1, 2, 3]]
 
@@ -75,12 +117,12 @@ def test_reader_without_single_token_letters_is_a_clear_error():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from lit_caprl.rewards.caprl_qa import option_letter_ids
+    from lit_caprl.mcq import option_letter_ids
 
     words = ["[UNK]", "the", "answer", "is", "A", "B"]  # no C..H
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
     assert option_letter_ids(fast, "r", n=2) == [4, 5]
-    with pytest.raises(ValueError, match="reader 'my/reader': option letter 'C' is not a single token"):
+    with pytest.raises(ValueError, match="model 'my/reader': option letter 'C' is not a single token"):
         option_letter_ids(fast, "my/reader", n=5)

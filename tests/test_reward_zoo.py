@@ -10,8 +10,8 @@ from lit_caprl.rewards import CompositeReward, LengthPenalty, ReferenceMetric
 from lit_caprl.rewards.composite import combine
 from lit_caprl.rewards.length import length_penalty
 
-GOLD = "at top-left is a big red circle . at center is a small blue square ."
-WRONG_COLOR = "at top-left is a big green circle . at center is a small blue square ."
+GOLD = "top-left big red circle . center small blue square ."
+WRONG_COLOR = "top-left big green circle . center small blue square ."
 
 
 def _record(captions=(GOLD,)) -> Record:
@@ -33,7 +33,7 @@ def test_length_penalty_prefers_the_caption_within_budget():
 
 @pytest.mark.parametrize("metric", ["bleu", "rouge_l", "chrf"])
 def test_reference_metric_prefers_the_right_caption(metric):
-    out = ReferenceMetric(metric)([GOLD, WRONG_COLOR, "at bottom is a cross ."], [_record()] * 3)
+    out = ReferenceMetric(metric)([GOLD, WRONG_COLOR, "bottom cross ."], [_record()] * 3)
     assert out.rewards[0] > out.rewards[1] > out.rewards[2]
     assert out.rewards[0] == pytest.approx(1.0)
 
@@ -55,11 +55,11 @@ def test_combine_hand_computed_with_exclusion():
 
 
 def test_composite_logs_each_term_and_counts_exclusions():
-    reward = CompositeReward({"ref": ReferenceMetric("rouge_l"), "len": LengthPenalty(8, 16)}, {"ref": 2.0})
+    reward = CompositeReward({"ref": ReferenceMetric("rouge_l"), "len": LengthPenalty(4, 10)}, {"ref": 2.0})
     out = reward([GOLD, GOLD], [_record(), _record(captions=())])
     assert set(out.terms) == {"ref", "len", "excluded_ref", "excluded_len"}
     assert out.terms["excluded_ref"].tolist() == [0.0, 1.0]
-    # sample 0: 2 * 1.0 (rouge) + 1 * length_penalty(16 words; 8..16) = 2 + 0 = 2
+    # sample 0: 2 * 1.0 (rouge) + 1 * length_penalty(10 words; 4..10) = 2 + 0 = 2
     # sample 1: rouge excluded -> 1 * 0 * (3/1) = 0
     torch.testing.assert_close(out.rewards, torch.tensor([2.0, 0.0]))
     with pytest.raises(ValueError, match="unknown terms"):

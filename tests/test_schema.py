@@ -7,7 +7,7 @@ from PIL import Image
 from lit_caprl.cli import main
 from lit_caprl.data.schema import DataError, load_records, scan
 
-GOOD = {"id": "a", "image": "img.png", "captions": ["at top is a big red circle ."],
+GOOD = {"id": "a", "image": "img.png", "captions": ["top big red circle ."],
         "questions": [{"question": "what color ?", "options": ["red", "blue"], "answer": "A"}]}  # fmt: skip
 
 
@@ -38,8 +38,8 @@ BAD = [
     (_rec(q_options=["red", "red"]), "questions[0].options", "duplicate options"),
     (_rec(questions=[]), "questions", "non-empty list"),
     (_rec(captions=[""]), "captions[0]", "empty caption"),
-    (_rec(chosen="at top is a big red circle ."), "rejected", "needs non-empty chosen and rejected"),
-    (_rec(chosen="", rejected="at top is a big red circle ."), "chosen", "needs non-empty chosen and rejected"),
+    (_rec(chosen="top big red circle ."), "rejected", "needs non-empty chosen and rejected"),
+    (_rec(chosen="", rejected="top big red circle ."), "chosen", "needs non-empty chosen and rejected"),
     ('{"id": "a", "image": "img.png", "questions": [', "record", "malformed JSON"),
     ("", "record", "empty line"),
 ]

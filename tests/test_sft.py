@@ -55,7 +55,7 @@ def test_loss_scores_only_target_and_eos(tiny_models):
         "image": [None, None],
         "prompt": ["what color is the object at top ?", "how many objects are there ?"],
         "prefill": ["", "the answer is"],
-        "target": ["red", "at top is a big red circle ."],
+        "target": ["red", "top big red circle ."],
     }
     prompts, targets = module.encode(batch)
     assert targets.mask[0].sum() == 2 and targets.ids[0, 1] == module.adapter.eos_id  # "red" + EOS

@@ -2,6 +2,8 @@ import hashlib
 import random
 from pathlib import Path
 
+import pytest
+
 from lit_caprl.data import prompts, shapes
 from lit_caprl.data.datamodules import reader_examples
 from lit_caprl.data.prompts import CANNOT_ANSWER
@@ -34,9 +36,7 @@ def test_parser_recovers_every_gold_scene():
 
 def test_match_counts_precision_and_recall():
     truth = [shapes.ShapeObject("top", "big", "red", "circle"), shapes.ShapeObject("left", "small", "blue", "cross")]
-    claimed = shapes.parse_caption(
-        "at top is a big red circle . at center is a big red circle . at top is a big red circle ."
-    )
+    claimed = shapes.parse_caption("top big red circle . center big red circle . top big red circle .")
     assert shapes.match_counts(claimed, truth) == (1, 3, 2)  # a repeated claim counts once
 
 
@@ -53,18 +53,23 @@ def test_gold_caption_answers_every_question_and_partial_caption_cannot():
     assert shapes.answer_from_objects(q, ["red", "blue", "green", "yellow"], [a, b]) == "blue"
 
 
-def test_reader_examples_label_omitted_objects_cannot_answer(shapes_root):
+@pytest.mark.parametrize("answer_format", ["letter", "cloze"])
+def test_reader_examples_label_omitted_objects_cannot_answer(shapes_root, answer_format):
     records, _ = load_records(Path(shapes_root) / "train.jsonl")
-    examples = reader_examples(records, seed=0)
-    cannot = [e for e in examples if e["target"] == LETTERS[e["n_options"] - 1]]
+    examples = reader_examples(records, seed=0, answer_format=answer_format)
+    cannot = [e for e in examples if e["correct"] == len(e["options"]) - 1]
     assert 0.1 < len(cannot) / len(examples) < 0.6
-    assert all(CANNOT_ANSWER in e["prompt"] for e in examples)
+    assert all(CANNOT_ANSWER in e["prompt"] and e["options"][-1] == CANNOT_ANSWER for e in examples)
+    for e in examples[:200]:
+        right = e["options"][e["correct"]]
+        assert e["target"] == (LETTERS[e["correct"]] if answer_format == "letter" else right)
+        assert (f"{LETTERS[e['correct']]} {right}" in e["prompt"]) == (answer_format == "letter")
 
 
 def test_vocabulary_covers_all_text(shapes_root):
     tok = build_tokenizer("qwen2")
     records, _ = load_records(Path(shapes_root) / "train.jsonl")
-    for e in reader_examples(records, seed=0)[:500]:
+    for e in reader_examples(records, seed=0)[:250] + reader_examples(records, seed=0, answer_format="cloze")[:250]:
         ids = tok(e["prompt"] + " " + e["prefill"])["input_ids"]
         assert tok.unk_token_id not in ids, e["prompt"]
     q = records[0].questions[0]

@@ -19,8 +19,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lit_caprl import mcq
 from lit_caprl.data import prompts, shapes
-from lit_caprl.data.schema import LETTERS, Problem, Record, load_records
+from lit_caprl.data.schema import Problem, Record, load_records
 
 
 class _ShapesSource:
@@ -190,14 +191,15 @@ class ShapesCaptionData(_ShapesSource, CaptionData):
         return {"partial": partial, "gold": list(record.captions), "all": list(record.captions) + partial}[self.which]
 
 
-def reader_examples(records: list[Record], seed: int) -> list[dict]:
+def reader_examples(records: list[Record], seed: int, answer_format: str = "letter") -> list[dict]:
     """(caption, question) pairs labelled by what the caption alone answers.
 
     Every record contributes its gold caption, its partial captions and the empty caption,
     each asked every question with shuffled options; a question about an object the caption
     omits is labelled "cannot answer" (the last option), which is what keeps the reward
     honest: an empty caption earns nothing, except on a question that gives its own answer
-    away (ShapesWorld's leaky questions), which QA curation must then catch.
+    away (ShapesWorld's leaky questions), which QA curation must then catch. Besides the SFT
+    keys, an example carries the `options` shown and the index of the `correct` one.
     """
     rng = random.Random(seed)
     out = []
@@ -208,19 +210,23 @@ def reader_examples(records: list[Record], seed: int) -> list[dict]:
                 options = list(q.options)
                 rng.shuffle(options)
                 value = shapes.answer_from_objects(q.question, options, claimed)
-                letter = LETTERS[options.index(value)] if value is not None else LETTERS[len(options)]
+                shown = prompts.shown_options(options)
+                correct = options.index(value) if value is not None else len(options)
                 out.append({
                     "image": None,
-                    "prompt": prompts.reader_question(cap, q.question, options),
+                    "prompt": prompts.reader_question(cap, q.question, options, answer_format),
                     "prefill": prompts.ANSWER_PREFIX,
-                    "target": letter,
-                    "n_options": len(options) + 1,
+                    "target": mcq.answer_text(shown, correct, answer_format),
+                    "options": shown,
+                    "correct": correct,
                 })  # fmt: skip
     return out
 
 
 class _ShapesQA(_ShapesSource, _Base):
-    """MCQ SFT on ShapesWorld: `make_examples` turns records into (prompt, target) examples."""
+    """MCQ SFT on ShapesWorld: `make_examples` turns records into (prompt, target) examples.
+    `answer_format` (letter | cloze, see `lit_caprl.mcq`) must match the one the trained
+    model is later asked in (the reward's, `eval`'s and `curate`'s `answer_format`)."""
 
     def __init__(
         self,
@@ -230,8 +236,11 @@ class _ShapesQA(_ShapesSource, _Base):
         seed: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
+        answer_format: mcq.AnswerFormat = "letter",
     ) -> None:
         super().__init__(batch_size, num_workers)
+        mcq.check_format(answer_format)
+        self.answer_format = answer_format
         self._shapes(root, n_train, n_val, seed)
 
     def make_examples(self, records: list[Record], seed: int) -> list:
@@ -251,31 +260,32 @@ class ShapesReaderData(_ShapesQA):
     """Text-only reader SFT on ShapesWorld: caption + MCQ -> option letter."""
 
     def make_examples(self, records: list[Record], seed: int) -> list[dict]:
-        return reader_examples(records, seed)
+        return reader_examples(records, seed, self.answer_format)
 
 
-def visual_examples(records: list[Record], seed: int) -> list[dict]:
-    """(image, question) pairs for a VLM that answers MCQs by looking (QA curation's visual
-    judge): every question of every record, options shuffled, target the answer letter."""
+def visual_examples(records: list[Record], seed: int, answer_format: str = "letter") -> list[tuple[Record, str, str]]:
+    """(record, prompt, target) for a VLM that answers MCQs by looking (QA curation's visual
+    judge): every question of every record, options shuffled, target the answer."""
     rng = random.Random(seed)
     out = []
     for r in records:
         for q in r.questions:
             order = rng.sample(range(len(q.options)), len(q.options))
             options = [q.options[j] for j in order]
-            out.append((r, prompts.visual_question(q.question, options), LETTERS[options.index(q.answer_text)]))
+            target = mcq.answer_text(options, options.index(q.answer_text), answer_format)
+            out.append((r, prompts.visual_question(q.question, options, answer_format), target))
     return out
 
 
 class ShapesVQAData(_ShapesQA):
-    """Image + MCQ -> option letter SFT on ShapesWorld: trains the visual judge of `lit-caprl curate`."""
+    """Image + MCQ -> answer SFT on ShapesWorld: trains the visual judge of `lit-caprl curate`."""
 
     def make_examples(self, records: list[Record], seed: int) -> list[tuple[Record, str, str]]:
-        return visual_examples(records, seed)
+        return visual_examples(records, seed, self.answer_format)
 
     def to_example(self, item: tuple[Record, str, str]) -> dict:
-        record, prompt, letter = item
-        return {"image": record.load_image(), "prompt": prompt, "prefill": prompts.ANSWER_PREFIX, "target": letter}
+        record, prompt, target = item
+        return {"image": record.load_image(), "prompt": prompt, "prefill": prompts.ANSWER_PREFIX, "target": target}
 
 
 class PromptData(_FileData):

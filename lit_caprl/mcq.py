@@ -1,0 +1,103 @@
+"""How a language model answers a multiple-choice question, in one of two formulations.
+
+- `letter` (multiple-choice formulation): the options are lettered and the model names a
+  letter. CapRL's own format; large readers such as Qwen2.5-3B-Instruct handle it well.
+- `cloze` (cloze formulation, as in lm-eval-harness and OLMES): the model writes the answer
+  itself, and each option is scored by the likelihood of its text (plus end of text) after
+  the prompt. Small models answer in this format long before they learn to map an answer
+  to its letter: on ShapesWorld a tiny reader scores at chance with letters after minutes
+  of training, and near-perfectly on one-object scenes within 30 s in cloze format.
+
+The reward, reader evaluation and QA curation all score options through `option_logits`,
+so every consumer of a reader asks it the same way it was trained.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lit_caprl.data import prompts
+from lit_caprl.data.schema import LETTERS
+from lit_caprl.models.adapter import VLMAdapter
+
+AnswerFormat = Literal["letter", "cloze"]
+FORMATS = ("letter", "cloze")
+
+
+def check_format(answer_format: str) -> None:
+    if answer_format not in FORMATS:
+        raise ValueError(f"answer_format must be one of {FORMATS}, got {answer_format!r}")
+
+
+def answer_text(options: list[str], correct: int, answer_format: AnswerFormat) -> str:
+    """What the model is trained to write after the answer prefix."""
+    return LETTERS[correct] if answer_format == "letter" else options[correct]
+
+
+def option_letter_ids(tokenizer, model_name: str, n: int = 8) -> list[int]:
+    """Token ids of the option letters A.. as the model would write them after the answer prefix;
+    an error names the model if a letter is not exactly one known token."""
+    prefix = tokenizer(prompts.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
+    ids = []
+    for letter in LETTERS[:n]:
+        pieces = tokenizer(f"{prompts.ANSWER_PREFIX} {letter}", add_special_tokens=False)["input_ids"]
+        if pieces[: len(prefix)] != prefix or len(pieces) != len(prefix) + 1 or pieces[-1] == tokenizer.unk_token_id:
+            raise ValueError(
+                f"model {model_name!r}: option letter {letter!r} is not a single token after "
+                f"{prompts.ANSWER_PREFIX!r}; the letter format needs one token per letter"
+            )
+        ids.append(pieces[-1])
+    return ids
+
+
+@torch.no_grad()
+def option_logits(
+    adapter: VLMAdapter,
+    texts: list[str],
+    options: list[list[str]],
+    answer_format: AnswerFormat,
+    batch_size: int = 128,
+    images: list | None = None,
+) -> Tensor:
+    """Scores over each prompt's options, [N, max options]; a softmax over a row is the model's
+    distribution over its options, and columns beyond a row's own options are -inf.
+
+    `texts` are rendered prompts ending in the answer prefix; `images` (one per prompt) for a VLM.
+    letter: the logits of the option letters at the answer position (one forward pass).
+    cloze: log p(option text + EOS | prompt) summed over tokens; each prompt is encoded once
+    and its keys/values shared by all its options."""
+    check_format(answer_format)
+    width = max(len(o) for o in options)
+    out = torch.full((len(texts), width), float("-inf"))
+    if answer_format == "letter":
+        letter_ids = option_letter_ids(adapter.tokenizer, adapter.model.name_or_path, width)
+    for s in range(0, len(texts), batch_size):
+        chunk = None if images is None else images[s : s + batch_size]
+        batch = adapter.encode_prompts(texts[s : s + batch_size], chunk).to(adapter.model.device)
+        rows = options[s : s + batch_size]
+        if answer_format == "letter":
+            scores = adapter.next_token_logits(batch)[:, letter_ids].cpu()
+        else:
+            padded = [o[j] if j < len(o) else "" for o in rows for j in range(width)]
+            comps = adapter.encode_completions(padded).to(adapter.model.device)
+            index = torch.arange(len(batch), device=batch.input_ids.device).repeat_interleave(width)
+            logp = adapter.completion_logprobs(adapter.select(batch, index), comps, group=width)
+            scores = (logp * comps.mask).sum(-1).view(len(batch), width).cpu()
+        for i, o in enumerate(rows):
+            out[s + i, : len(o)] = scores[i, : len(o)]
+    return out
+
+
+def sampled_choice(answer: str, options: list[str], answer_format: AnswerFormat) -> int | None:
+    """The option a generated answer picks, or None: the first standalone option letter
+    (as CapRL parses it), or in cloze format the longest option the answer starts with."""
+    if answer_format == "letter":
+        m = re.search(rf"\b([{LETTERS[: len(options)]}])\b", answer)
+        return LETTERS.index(m[1]) if m else None
+    words = answer.split()
+    fits = [j for j, o in enumerate(options) if words[: len(o.split())] == o.split()]
+    return max(fits, key=lambda j: len(options[j].split()), default=None)
