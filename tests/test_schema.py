@@ -38,8 +38,9 @@ BAD = [
     (_rec(q_options=["red", "red"]), "questions[0].options", "duplicate options"),
     (_rec(questions=[]), "questions", "non-empty list"),
     (_rec(captions=[""]), "captions[0]", "empty caption"),
-    (_rec(chosen="top big red circle ."), "rejected", "needs non-empty chosen and rejected"),
-    (_rec(chosen="", rejected="top big red circle ."), "chosen", "needs non-empty chosen and rejected"),
+    (_rec(chosen="top big red circle ."), "rejected", "needs a rejected string"),
+    (_rec(chosen="", rejected="top big red circle ."), "chosen", "needs a non-empty chosen string"),
+    (_rec(chosen="top big red circle .", rejected="top big red circle ."), "rejected", "equals chosen"),
     ('{"id": "a", "image": "img.png", "questions": [', "record", "malformed JSON"),
     ("", "record", "empty line"),
 ]
@@ -52,6 +53,12 @@ def test_bad_record_error_names_file_line_and_field(tmp_path, line, field, messa
         load_records(f)
     assert f"{f}:2: {field}: " in str(err.value)
     assert message in str(err.value)
+
+
+def test_a_pair_may_reject_the_empty_caption(tmp_path):
+    """A policy can sample an empty caption; as the rejected side of a pair it is valid data."""
+    records, problems = load_records(_write(tmp_path, [_rec(chosen="top big red circle .", rejected="")]))
+    assert problems == [] and records[0].rejected == ""
 
 
 def test_skip_mode_keeps_good_records_and_reports_bad(tmp_path):

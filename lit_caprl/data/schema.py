@@ -155,9 +155,13 @@ def validate(obj: object, root: Path) -> list[tuple[str, str]]:
     else:
         errs += [(f"captions[{i}]", "empty caption") for i, c in enumerate(caps) if not _nonempty_str(c)]
     errs += _check_questions(obj.get("questions"))
-    if "chosen" in obj or "rejected" in obj:
-        errs += [(k, "a preference pair needs non-empty chosen and rejected strings")
-                 for k in ("chosen", "rejected") if not _nonempty_str(obj.get(k))]  # fmt: skip
+    if "chosen" in obj or "rejected" in obj:  # rejected may be empty: a policy can write nothing
+        if not _nonempty_str(obj.get("chosen")):
+            errs.append(("chosen", "a preference pair needs a non-empty chosen string"))
+        if not isinstance(obj.get("rejected"), str):
+            errs.append(("rejected", "a preference pair needs a rejected string"))
+        elif obj["rejected"] == obj.get("chosen"):
+            errs.append(("rejected", "equals chosen"))
     if not isinstance(obj.get("meta", {}), dict):
         errs.append(("meta", "must be an object"))
     return errs
