@@ -15,7 +15,7 @@ so every consumer of a reader asks it the same way it was trained.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -25,7 +25,7 @@ from lit_caprl.data.schema import LETTERS
 from lit_caprl.models.adapter import VLMAdapter
 
 AnswerFormat = Literal["letter", "cloze"]
-FORMATS = ("letter", "cloze")
+FORMATS = get_args(AnswerFormat)
 
 
 def check_format(answer_format: str) -> None:
