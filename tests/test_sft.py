@@ -134,3 +134,18 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(tiny_models, shapes_roo
     module = _NaNAt(tiny_models["qwen2"], bad_steps=(0, 1, 2, 3), max_bad_steps=3)
     with pytest.raises(FloatingPointError, match="3 optimizer steps in a row had a non-finite loss"):
         _fit(module, ShapesReaderData(shapes_root, batch_size=4), 5, tmp_path)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_vision_lr_applies_to_the_vision_tower_and_projector_only(tiny_models, shapes_root, tmp_path, family):
+    """vision_lr = 0 leaves exactly the tower and its projector (as the model itself names them) unchanged."""
+    L.seed_everything(0)
+    module = SFTStage(tiny_models[family], lr=3e-3, vision_lr=0.0, warmup_steps=0)
+    inner = module.policy.model
+    vision = [inner.visual] if family == "qwen2_5_vl" else [inner.vision_tower, inner.multi_modal_projector]
+    vision_ids = {id(p) for m in vision for p in m.parameters()}
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    _fit(module, ShapesCaptionData(shapes_root, batch_size=4, targets="gold"), 2, tmp_path)
+    changed = {id(p) for n, p in module.named_parameters() if not torch.equal(p, before[n])}
+    assert not changed & vision_ids
+    assert changed == {id(p) for p in module.parameters()} - vision_ids

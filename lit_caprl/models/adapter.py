@@ -14,6 +14,7 @@ reward all reduce to "log-probs of these completion tokens after these prompts",
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -22,6 +23,15 @@ from PIL import Image
 from torch import Tensor
 
 from lit_caprl.models.sharding import distributed, is_sharded, root_unsharded
+
+# Parameter-name fragments of vision towers and their projectors into the LM (Qwen2.5-VL:
+# `visual`; LLaVA: `vision_tower`, `multi_modal_projector`).
+VISION_MODULES = r".*(visual|vision_tower|multi_modal_projector).*"
+
+
+def is_vision_parameter(name: str) -> bool:
+    """Does parameter `name` belong to the vision tower or its projector (any family, peft-wrapped or not)?"""
+    return re.fullmatch(VISION_MODULES, name) is not None
 
 
 class _Tensors:

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-# Parameter-name fragments of vision towers and projectors (Qwen2.5-VL: `visual`; LLaVA:
-# `vision_tower`, `multi_modal_projector`), excluded from LoRA when the tower is frozen.
-VISION_MODULES = r".*(visual|vision_tower|multi_modal_projector).*"
+from lit_caprl.models.adapter import VISION_MODULES
 
 
 @dataclass

@@ -31,7 +31,7 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         loss_type: sigmoid (DPO) | ipo | hinge; IPO scores the per-token mean log-prob, the others the sum.
         label_smoothing: assumed label-noise rate for `sigmoid` (conservative DPO).
         precompute_ref_logps: score all training pairs with the reference once, then drop the reference.
-        lr, weight_decay, warmup_steps, schedule, max_grad_norm: AdamW as in the other stages.
+        lr, vision_lr, weight_decay, warmup_steps, schedule, max_grad_norm: AdamW as in the other stages.
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         lora, gradient_checkpointing, optimizer: LoRA/QLoRA and memory options (see `SFTStage`); with
             LoRA the reference is the policy with its adapters disabled.
@@ -46,6 +46,7 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         label_smoothing: float = 0.0,
         precompute_ref_logps: bool = False,
         lr: float = 1e-5,
+        vision_lr: float | None = None,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         schedule: str = "constant",
@@ -136,5 +137,12 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         hp = self.hparams
         total = self.trainer.estimated_stepping_batches
         return adamw_schedule(
-            self.policy.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.schedule, hp.optimizer
+            self.policy.named_parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.warmup_steps,
+            total,
+            hp.schedule,
+            hp.optimizer,
+            hp.vision_lr,
         )

@@ -35,6 +35,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
         max_new_tokens: caption budget; a caption without EOS by then counts as truncated.
         temperature, top_p: sampling settings; the policy's log-probs use the same temperature.
         lr, weight_decay, warmup_steps, schedule: AdamW; `constant` after warm-up as in CapRL++, or `cosine`.
+        vision_lr: learning rate of the vision tower and its projector (None: `lr`).
         beta: KL coefficient (k3) to the initial policy (a frozen copy, or the policy with LoRA adapters
             disabled); 0 holds no reference at all.
         epsilon_low, epsilon_high: clip range of the ratio (DAPO's clip-higher when high > low).
@@ -64,6 +65,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
         temperature: float = 1.0,
         top_p: float = 1.0,
         lr: float = 1e-5,
+        vision_lr: float | None = None,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         schedule: str = "constant",
@@ -233,7 +235,14 @@ class GRPOStage(PolicyStage, L.LightningModule):
         hp = self.hparams
         total = (hp.max_rollout_steps or 1000) * hp.mu
         return adamw_schedule(
-            self.policy.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.schedule, hp.optimizer
+            self.policy.named_parameters(),
+            hp.lr,
+            hp.weight_decay,
+            hp.warmup_steps,
+            total,
+            hp.schedule,
+            hp.optimizer,
+            hp.vision_lr,
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -21,6 +21,7 @@ class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
         model: model to train, Hub id or `save_pretrained` directory.
         init_from: weights to start from (export dir or `.ckpt`); hyper-parameters come from this config.
         lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay to 0 over the run.
+        vision_lr: learning rate of the vision tower and its projector (None: `lr`); see `optim.param_groups`.
         max_grad_norm: gradient-norm clip (0 disables).
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         dtype: parameter dtype of the loaded model.
@@ -34,6 +35,7 @@ class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
         model: str,
         init_from: str | None = None,
         lr: float = 1e-3,
+        vision_lr: float | None = None,
         weight_decay: float = 0.0,
         warmup_steps: int = 20,
         max_grad_norm: float = 1.0,
@@ -75,10 +77,11 @@ class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
     def configure_optimizers(self) -> dict:
         hp = self.hparams
         return adamw_schedule(
-            self.parameters(),
+            self.named_parameters(),
             hp.lr,
             hp.weight_decay,
             hp.warmup_steps,
             self.trainer.estimated_stepping_batches,
             optimizer=hp.optimizer,
+            vision_lr=hp.vision_lr,
         )
