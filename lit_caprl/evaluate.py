@@ -82,9 +82,10 @@ def reader_accuracy(
 
 
 def utility_judge(reader: str, answer_format: mcq.AnswerFormat = "letter") -> CapRLQAReward:
-    """The reader as an evaluator: 8 seeded MCQ draws per image, scored by argmax (right or wrong)."""
+    """The reader as an evaluator: 4 seeded MCQ draws per image (as many as the GRPO reward asks),
+    scored by argmax (right or wrong); `caption_utility` averages several seeds."""
     return CapRLQAReward(
-        reader, num_draws=8, mode="logprob", score="argmax", rotations=False, answer_format=answer_format
+        reader, num_draws=4, mode="logprob", score="argmax", rotations=False, answer_format=answer_format
     )
 
 

@@ -20,7 +20,8 @@ class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
     Args:
         model: model to train, Hub id or `save_pretrained` directory.
         init_from: weights to start from (export dir or `.ckpt`); hyper-parameters come from this config.
-        lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay to 0 over the run.
+        lr, weight_decay, warmup_steps, schedule: AdamW with linear warm-up, then cosine decay to 0 over
+            the run's `max_steps`, or `constant`.
         vision_lr: learning rate of the vision tower and its projector (None: `lr`); see `optim.param_groups`.
         max_grad_norm: gradient-norm clip (0 disables).
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
@@ -38,6 +39,7 @@ class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
         vision_lr: float | None = None,
         weight_decay: float = 0.0,
         warmup_steps: int = 20,
+        schedule: str = "cosine",
         max_grad_norm: float = 1.0,
         max_bad_steps: int = 10,
         lora: LoRA | None = None,
@@ -82,6 +84,7 @@ class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
             hp.weight_decay,
             hp.warmup_steps,
             self.trainer.estimated_stepping_batches,
-            optimizer=hp.optimizer,
+            hp.schedule,
+            hp.optimizer,
             vision_lr=hp.vision_lr,
         )
