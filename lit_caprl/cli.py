@@ -140,6 +140,7 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--reader", required=True, help="the frozen reader export that measures utility")
     p.add_argument("--policy", action="append", default=[], metavar="NAME=EXPORT", help="a row; repeat")
     p.add_argument("--n", type=int, default=500, help="held-out records")
+    p.add_argument("--n-reader", type=int, default=200, help="held-out records for the judge's own accuracy")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--curve", help="a GRPO log dir: its newest metrics.csv gives the reward curve")
     p.add_argument("--stages", help="stages.json with wall times (written by `lit-caprl pipeline`)")
@@ -154,7 +155,7 @@ def _report(argv: list[str]) -> int:
         logs = sorted(Path(a.curve).rglob("metrics.csv"), key=lambda f: f.stat().st_mtime)
         curve = report.reward_curve(logs[-1]) if logs else []
     stages = json.loads(Path(a.stages).read_text()) if a.stages and Path(a.stages).exists() else {}
-    reader = report.reader_quality(a.data, a.reader, a.n, a.answer_format)
+    reader = report.reader_quality(a.data, a.reader, a.n_reader, a.answer_format)
     with atomic_dir(a.out) as tmp:
         print(report.write_report(tmp, rows, stages, curve, reader))
     if a.wandb_project:
