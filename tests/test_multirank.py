@@ -49,7 +49,10 @@ def test_two_ranks_make_the_same_update_as_one_rank(strategy, one_rank_update, t
     moved = max((one_rank_update[k] - start[k]).abs().max().item() for k in start)
     assert moved > 1e-4  # the policy did move (mu=2 steps at lr 1e-3)
     diff = max((two_ranks[k] - one_rank_update[k]).abs().max().item() for k in two_ranks)
-    assert diff < 1e-5
+    # Relative to the movement: Adam divides by sqrt(v) + eps, so on elements whose gradient is
+    # near zero the ranks' different summation order is amplified towards lr (seen: 3e-5 at lr
+    # 1e-3). A wrong normalisation across ranks moves many elements by a large share of lr.
+    assert diff < 0.02 * moved, (diff, moved)
 
 
 def test_sharded_grpo_with_uneven_captions_resumes_and_exports(tiny_models, four_scenes, tmp_path):
