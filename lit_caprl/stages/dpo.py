@@ -18,7 +18,7 @@ from lit_caprl.models.loading import load_policy
 from lit_caprl.models.lora import LoRA, reference_mode
 from lit_caprl.rewards.base import freeze
 from lit_caprl.stages import losses
-from lit_caprl.stages.optim import GuardedOptimization, adamw_schedule
+from lit_caprl.stages.optim import GuardedOptimization
 from lit_caprl.stages.policy import PolicyStage
 
 
@@ -134,15 +134,4 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         self.step(batch, "val")
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        total = self.trainer.estimated_stepping_batches
-        return adamw_schedule(
-            self.policy.named_parameters(),
-            hp.lr,
-            hp.weight_decay,
-            hp.warmup_steps,
-            total,
-            hp.schedule,
-            hp.optimizer,
-            hp.vision_lr,
-        )
+        return self.policy_optimizer(self.trainer.estimated_stepping_batches)

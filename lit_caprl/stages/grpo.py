@@ -21,7 +21,7 @@ from lit_caprl.models.lora import LoRA, reference_mode
 from lit_caprl.models.sharding import average_gradients, is_sharded, max_over_ranks, shard
 from lit_caprl.rewards.base import freeze
 from lit_caprl.stages import losses
-from lit_caprl.stages.optim import NonFiniteGuard, adamw_schedule
+from lit_caprl.stages.optim import NonFiniteGuard
 from lit_caprl.stages.policy import PolicyStage
 
 
@@ -232,18 +232,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
                 self.log(f"train/{key}", torch.stack(stats[key]).mean(), batch_size=n)
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        total = (hp.max_rollout_steps or 1000) * hp.mu
-        return adamw_schedule(
-            self.policy.named_parameters(),
-            hp.lr,
-            hp.weight_decay,
-            hp.warmup_steps,
-            total,
-            hp.schedule,
-            hp.optimizer,
-            hp.vision_lr,
-        )
+        return self.policy_optimizer((self.hparams.max_rollout_steps or 1000) * self.hparams.mu)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

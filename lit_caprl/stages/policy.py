@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from lit_caprl.models.sharding import shard
+from lit_caprl.stages.optim import adamw_schedule
 
 
 def rng_states() -> dict:
@@ -35,6 +36,7 @@ def set_rng_states(states: dict) -> None:
 class PolicyStage:
     """LightningModule mixin for a module whose trained part is `self.policy`.
 
+    - `policy_optimizer`: AdamW with warm-up and schedule, the same for every stage.
     - `configure_model`: under `ModelParallelStrategy` (FSDP2, data_parallel_size = world size)
       the policy is sharded block by block; under any other strategy it is a no-op.
     - `state_dict` keeps `policy.*` only. Frozen rewards and references are rebuilt from their
@@ -44,6 +46,15 @@ class PolicyStage:
     - Checkpoints carry the RNG states, so a resumed run draws what the original run would
       have drawn (with the data position that the stateful train loader saves).
     """
+
+    def policy_optimizer(self, total_steps: int) -> dict:
+        """Lightning's optimizer dict for the policy's trainable parameters, from the stage's
+        `lr`, `vision_lr`, `weight_decay`, `warmup_steps`, `schedule` and `optimizer`."""
+        hp = self.hparams
+        return adamw_schedule(
+            self.policy.named_parameters(), hp.lr, hp.weight_decay, hp.warmup_steps, total_steps,
+            hp.schedule, hp.optimizer, vision_lr=hp.vision_lr,
+        )  # fmt: skip
 
     def configure_model(self) -> None:
         if self.device_mesh is not None:

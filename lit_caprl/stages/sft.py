@@ -8,7 +8,7 @@ import torch
 from lit_caprl.models.adapter import Completions, PromptBatch
 from lit_caprl.models.loading import load_policy
 from lit_caprl.models.lora import LoRA
-from lit_caprl.stages.optim import GuardedOptimization, adamw_schedule
+from lit_caprl.stages.optim import GuardedOptimization
 from lit_caprl.stages.policy import PolicyStage
 
 
@@ -77,14 +77,4 @@ class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
         self.log("val/loss", self.loss(batch), prog_bar=True, batch_size=len(batch["target"]))
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return adamw_schedule(
-            self.named_parameters(),
-            hp.lr,
-            hp.weight_decay,
-            hp.warmup_steps,
-            self.trainer.estimated_stepping_batches,
-            hp.schedule,
-            hp.optimizer,
-            vision_lr=hp.vision_lr,
-        )
+        return self.policy_optimizer(self.trainer.estimated_stepping_batches)
