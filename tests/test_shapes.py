@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_caprl.data import prompts, shapes
+from lit_caprl.data import ShapesReaderData, prompts, shapes
 from lit_caprl.data.datamodules import reader_examples
 from lit_caprl.data.prompts import CANNOT_ANSWER
 from lit_caprl.data.schema import LETTERS, load_records
@@ -64,6 +64,22 @@ def test_reader_examples_label_omitted_objects_cannot_answer(shapes_root, answer
         right = e["options"][e["correct"]]
         assert e["target"] == (LETTERS[e["correct"]] if answer_format == "letter" else right)
         assert (f"{LETTERS[e['correct']]} {right}" in e["prompt"]) == (answer_format == "letter")
+
+
+def test_reader_data_trains_on_a_share_of_empty_captions_and_validates_on_all(shapes_root):
+    data = ShapesReaderData(shapes_root, answer_format="cloze", empty_captions=0.25)
+    data.setup("fit")
+    n_questions = {split: sum(len(r.questions) for r in load_records(Path(shapes_root) / f"{split}.jsonl")[0])
+                   for split in ("train", "val")}  # fmt: skip
+
+    def empty(ds) -> int:
+        return sum("caption :  question :" in ds[i]["prompt"] for i in range(len(ds)))
+
+    assert empty(data.val_set) == n_questions["val"]  # every val record asked on its empty caption
+    assert 0.1 * n_questions["train"] < empty(data.train_set) < 0.45 * n_questions["train"]
+    assert len(data.train_set) == 3 * n_questions["train"] + empty(data.train_set)  # gold + 2 partial, none lost
+    with pytest.raises(ValueError, match="empty_captions"):
+        ShapesReaderData(shapes_root, empty_captions=1.5)
 
 
 def test_vocabulary_covers_all_text(shapes_root):

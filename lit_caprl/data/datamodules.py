@@ -191,20 +191,26 @@ class ShapesCaptionData(_ShapesSource, CaptionData):
         return {"partial": partial, "gold": list(record.captions), "all": list(record.captions) + partial}[self.which]
 
 
-def reader_examples(records: list[Record], seed: int, answer_format: str = "letter") -> list[dict]:
+def reader_examples(
+    records: list[Record], seed: int, answer_format: str = "letter", empty_captions: float = 1.0
+) -> list[dict]:
     """(caption, question) pairs labelled by what the caption alone answers.
 
-    Every record contributes its gold caption, its partial captions and the empty caption,
-    each asked every question with shuffled options; a question about an object the caption
-    omits is labelled "cannot answer" (the last option), which is what keeps the reward
-    honest: an empty caption earns nothing, except on a question that gives its own answer
-    away (ShapesWorld's leaky questions), which QA curation must then catch. Besides the SFT
-    keys, an example carries the `options` shown and the index of the `correct` one.
+    Every record contributes its gold caption, its partial captions and (in an `empty_captions`
+    share of records, drawn with the seed) the empty caption, each asked every question with
+    shuffled options; a question about an object the caption omits is labelled "cannot answer"
+    (the last option), which is what keeps the reward honest: an empty caption earns nothing,
+    except on a question that gives its own answer away (ShapesWorld's leaky questions), which
+    QA curation must then catch. Besides the SFT keys, an example carries the `options` shown
+    and the index of the `correct` one.
     """
     rng = random.Random(seed)
     out = []
     for r in records:
-        for cap in [*r.captions, *r.meta.get("partial_captions", []), ""]:
+        captions = [*r.captions, *r.meta.get("partial_captions", [])]
+        if empty_captions >= 1.0 or rng.random() < empty_captions:
+            captions.append("")
+        for cap in captions:
             claimed = shapes.parse_caption(cap)
             for q in r.questions:
                 options = list(q.options)
@@ -243,7 +249,7 @@ class _ShapesQA(_ShapesSource, _Base):
         self.answer_format = answer_format
         self._shapes(root, n_train, n_val, seed)
 
-    def make_examples(self, records: list[Record], seed: int) -> list:
+    def make_examples(self, records: list[Record], seed: int, training: bool) -> list:
         raise NotImplementedError
 
     def to_example(self, item) -> dict:
@@ -252,15 +258,37 @@ class _ShapesQA(_ShapesSource, _Base):
     def setup(self, stage: str | None = None) -> None:
         train, _ = load_records(self.root / "train.jsonl")
         val, _ = load_records(self.root / "val.jsonl")
-        self.train_set = ListDataset(self.make_examples(train, self.seed), self.to_example)
-        self.val_set = ListDataset(self.make_examples(val, self.seed + 1), self.to_example)
+        self.train_set = ListDataset(self.make_examples(train, self.seed, training=True), self.to_example)
+        self.val_set = ListDataset(self.make_examples(val, self.seed + 1, training=False), self.to_example)
 
 
 class ShapesReaderData(_ShapesQA):
-    """Text-only reader SFT on ShapesWorld: caption + MCQ -> option letter."""
+    """Text-only reader SFT on ShapesWorld: caption + MCQ -> answer.
 
-    def make_examples(self, records: list[Record], seed: int) -> list[dict]:
-        return reader_examples(records, seed, self.answer_format)
+    `empty_captions`: the share of training records that also contribute their empty caption.
+    Its questions all read "cannot answer", the answer a reader learns first; with every
+    record's empty caption (37% "cannot answer" examples), a tiny reader answered little else
+    for ~1,000 steps before it learned to look answers up (see `experiments/shapes/reader_sft.yaml`).
+    Validation always uses every empty caption."""
+
+    def __init__(
+        self,
+        root: str = "runs/data/shapes",
+        n_train: int = 4000,
+        n_val: int = 500,
+        seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        answer_format: mcq.AnswerFormat = "letter",
+        empty_captions: float = 1.0,
+    ) -> None:
+        super().__init__(root, n_train, n_val, seed, batch_size, num_workers, answer_format)
+        if not 0.0 <= empty_captions <= 1.0:
+            raise ValueError(f"empty_captions must be in [0, 1], got {empty_captions}")
+        self.empty_captions = empty_captions
+
+    def make_examples(self, records: list[Record], seed: int, training: bool) -> list[dict]:
+        return reader_examples(records, seed, self.answer_format, self.empty_captions if training else 1.0)
 
 
 def visual_examples(records: list[Record], seed: int, answer_format: str = "letter") -> list[tuple[Record, str, str]]:
@@ -280,7 +308,7 @@ def visual_examples(records: list[Record], seed: int, answer_format: str = "lett
 class ShapesVQAData(_ShapesQA):
     """Image + MCQ -> answer SFT on ShapesWorld: trains the visual judge of `lit-caprl curate`."""
 
-    def make_examples(self, records: list[Record], seed: int) -> list[tuple[Record, str, str]]:
+    def make_examples(self, records: list[Record], seed: int, training: bool) -> list[tuple[Record, str, str]]:
         return visual_examples(records, seed, self.answer_format)
 
     def to_example(self, item: tuple[Record, str, str]) -> dict:

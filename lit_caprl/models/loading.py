@@ -14,6 +14,7 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     BitsAndBytesConfig,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
@@ -45,11 +46,12 @@ def load_model(
     name_or_path: str,
     dtype: str | torch.dtype = "float32",
     trust_remote_code: bool = False,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = None,
     quantize: str | None = None,
 ) -> VLMAdapter:
     """Model + processor (vision models) or tokenizer (text-only readers) wrapped in the adapter.
-    `quantize="nf4"` loads the weights in bitsandbytes 4-bit (the frozen base of QLoRA)."""
+    `attn_implementation=None` picks `default_attention`; `quantize="nf4"` loads the weights in
+    bitsandbytes 4-bit (the frozen base of QLoRA)."""
     source = resolve(name_or_path)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -60,8 +62,7 @@ def load_model(
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
         )
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    kwargs["attn_implementation"] = attn_implementation or default_attention(config)
     if hasattr(config, "vision_config"):
         model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -71,6 +72,15 @@ def load_model(
     if quantize is not None:
         _keep_4bit_trainable(model)
     return VLMAdapter(model, processor)
+
+
+def default_attention(config: PretrainedConfig) -> str:
+    """ "sdpa", except "eager" for a decoder with heads narrower than 32 dims (the tiny models):
+    there PyTorch's flash kernel is slower on the CPU than a plain matmul and softmax (a tiny
+    reader's training step: 140 against 107 ms)."""
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return "eager" if head_dim < 32 else "sdpa"
 
 
 def _keep_4bit_trainable(model: torch.nn.Module) -> None:
