@@ -131,3 +131,11 @@ def test_loaded_tokenizer_keeps_every_word(tiny_models, family):
     text = "top-left big red circle . what color is the object at center ? the answer is E"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text.split()) and tok.unk_token_id not in ids
+
+
+def test_attention_is_eager_only_for_narrow_text_only_models(tiny_models):
+    """The tiny reader trains 1.3x faster with eager attention; captioners must keep sdpa
+    (with eager, captioner SFT named colours and shapes at chance)."""
+    assert load_model(tiny_models["qwen2"]).model.config._attn_implementation == "eager"
+    for family in ("qwen2_5_vl", "llava"):
+        assert load_model(tiny_models[family]).model.config._attn_implementation == "sdpa"
