@@ -208,7 +208,7 @@ def reader_examples(
     out = []
     for r in records:
         captions = [*r.captions, *r.meta.get("partial_captions", [])]
-        if empty_captions >= 1.0 or rng.random() < empty_captions:
+        if empty_captions >= 1.0 or rng.random() < empty_captions:  # no draw at 1.0: default examples unchanged
             captions.append("")
         for cap in captions:
             claimed = shapes.parse_caption(cap)
