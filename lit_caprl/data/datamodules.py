@@ -271,18 +271,8 @@ class ShapesReaderData(_ShapesQA):
     for ~1,000 steps before it learned to look answers up (see `experiments/shapes/reader_sft.yaml`).
     Validation always uses every empty caption."""
 
-    def __init__(
-        self,
-        root: str = "runs/data/shapes",
-        n_train: int = 4000,
-        n_val: int = 500,
-        seed: int = 0,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        answer_format: mcq.AnswerFormat = "letter",
-        empty_captions: float = 1.0,
-    ) -> None:
-        super().__init__(root, n_train, n_val, seed, batch_size, num_workers, answer_format)
+    def __init__(self, *args: Any, empty_captions: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if not 0.0 <= empty_captions <= 1.0:
             raise ValueError(f"empty_captions must be in [0, 1], got {empty_captions}")
         self.empty_captions = empty_captions
