@@ -22,13 +22,21 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Put the finished directory `new` in the place of `out` (a directory, a file or nothing)."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(new, out)
+    if old.is_dir():
         shutil.rmtree(old)
     else:
-        os.replace(tmp, out)
+        old.unlink()
 
 
 def link_image(record, out_dir: Path) -> str:

@@ -13,13 +13,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lit_caprl.callbacks import HFExport, RolloutCallback
 from lit_caprl.data import ShapesPromptData
 from lit_caprl.models.sharding import full_state_dict
 from lit_caprl.rewards import RewardOutput
 from lit_caprl.stages import GRPOStage
+from lit_caprl.strategies import AtomicModelParallelStrategy
 
 
 class WordCount(torch.nn.Module):
@@ -78,7 +78,7 @@ def main() -> None:
     strategy = {
         "single": "auto",
         "ddp": "ddp",
-        "fsdp2": ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+        "fsdp2": AtomicModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
     }[a.strategy]
     module = GRPOStage(
         a.policy, WordCount(), num_generations=4, max_new_tokens=12 if a.scripted else 24, lr=1e-3, beta=0.04, mu=2,
