@@ -4,7 +4,8 @@ Both modes score the same captions with the same seeded question draws. Throughp
 reader questions (draws) scored per second; noise is the std of each caption's reward
 across repeated calls, averaged over captions.
 
-    python benchmarks/reader_reward.py [--reader DIR] [--data FILE.jsonl] [--quick]
+    python benchmarks/reader_reward.py [--reader DIR] [--data FILE.jsonl] [--answer-format cloze]
+                                       [--rotations] [--quick]
 
 Without --reader/--data it builds a tiny reader and a small ShapesWorld set in a temp dir.
 Writes benchmarks/results/reader_reward.json.
@@ -46,6 +47,10 @@ def main() -> None:
     p.add_argument("--captions", type=int, default=64)
     p.add_argument("--draws", type=int, default=8)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--answer-format", default="letter", choices=["letter", "cloze"], help="the reader's training format"
+    )
+    p.add_argument("--rotations", action="store_true", help="logprob mode averages over all option rotations")
     p.add_argument("--quick", action="store_true", help="a few captions, two repeats: checks that it runs")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "reader_reward.json"))
     a = p.parse_args()
@@ -57,8 +62,8 @@ def main() -> None:
         data = a.data or str(shapes.write_dataset(Path(tmp) / "shapes", a.captions, 1, seed=0) / "train.jsonl")
         records = load_records(data)[0][: a.captions]
         captions = [r.captions[0] for r in records]
-        common = dict(reader=reader, num_draws=a.draws, seed=0)
-        logprob = CapRLQAReward(mode="logprob", score="prob", rotations=False, **common)
+        common = dict(reader=reader, num_draws=a.draws, seed=0, answer_format=a.answer_format)
+        logprob = CapRLQAReward(mode="logprob", score="prob", rotations=a.rotations, **common)
         sample = CapRLQAReward(mode="sample", temperature=0.6, max_new_tokens=10, **common)
         lp_qps, lp_std = measure(logprob, captions, records, a.repeats)
         s_qps, s_std = measure(sample, captions, records, a.repeats)
@@ -66,6 +71,8 @@ def main() -> None:
         "reader": a.reader or "tiny random-init qwen2 (built here)",
         "captions": len(captions),
         "draws_per_caption": a.draws,
+        "answer_format": a.answer_format,
+        "rotations": a.rotations,
         "repeats": a.repeats,
         "logprob_qps": lp_qps,
         "sample_qps": s_qps,

@@ -62,34 +62,92 @@ def option_logits(
     answer_format: AnswerFormat,
     batch_size: int = 128,
     images: list | None = None,
+    group: int = 1,
 ) -> Tensor:
     """Scores over each prompt's options, [N, max options]; a softmax over a row is the model's
     distribution over its options, and columns beyond a row's own options are -inf.
 
     `texts` are rendered prompts ending in the answer prefix; `images` (one per prompt) for a VLM.
-    letter: the logits of the option letters at the answer position (one forward pass).
-    cloze: log p(option text + EOS | prompt) summed over tokens; each prompt is encoded once
-    and its keys/values shared by all its options."""
+    letter: the logits of the option letters at the answer position.
+    cloze: log p(option text + EOS | prompt) summed over tokens; each prompt's keys/values are
+    computed once and shared by all its options.
+    `group=G` (text only): prompts come in runs of G that share a beginning, e.g. the draws
+    and rotations of one caption. Each run's common token prefix is then encoded once: the
+    reward's prompts repeat the instructions and the caption for every question."""
     check_format(answer_format)
     width = max(len(o) for o in options)
     out = torch.full((len(texts), width), float("-inf"))
-    if answer_format == "letter":
-        letter_ids = option_letter_ids(adapter.tokenizer, adapter.model.name_or_path, width)
-    for s in range(0, len(texts), batch_size):
-        chunk = None if images is None else images[s : s + batch_size]
-        batch = adapter.encode_prompts(texts[s : s + batch_size], chunk).to(adapter.model.device)
-        rows = options[s : s + batch_size]
-        if answer_format == "letter":
-            scores = adapter.next_token_logits(batch)[:, letter_ids].cpu()
+    letter_ids = (
+        option_letter_ids(adapter.tokenizer, adapter.model.name_or_path, width) if answer_format == "letter" else None
+    )
+    step = batch_size if images is not None else max(1, batch_size // group) * group
+    for s in range(0, len(texts), step):
+        chunk = slice(s, s + step)
+        rows = options[chunk]
+        padded = [o[j] if j < len(o) else "" for o in rows for j in range(width)]
+        if images is None:
+            scores = _text_scores(adapter, texts[chunk], padded, width, letter_ids, group)
         else:
-            padded = [o[j] if j < len(o) else "" for o in rows for j in range(width)]
-            comps = adapter.encode_completions(padded).to(adapter.model.device)
-            index = torch.arange(len(batch), device=batch.input_ids.device).repeat_interleave(width)
-            logp = adapter.completion_logprobs(adapter.select(batch, index), comps, group=width)
-            scores = (logp * comps.mask).sum(-1).view(len(batch), width).cpu()
+            scores = _visual_scores(adapter, texts[chunk], images[chunk], padded, width, letter_ids)
         for i, o in enumerate(rows):
-            out[s + i, : len(o)] = scores[i, : len(o)]
+            out[s + i, : len(o)] = scores[i, : len(o)].cpu()
     return out
+
+
+def _visual_scores(adapter, texts, images, padded, width, letter_ids) -> Tensor:
+    """Scores [len(texts), width]; `letter_ids` None means cloze."""
+    batch = adapter.encode_prompts(texts, images).to(adapter.model.device)
+    if letter_ids is not None:
+        return adapter.next_token_logits(batch)[:, letter_ids]
+    comps = adapter.encode_completions(padded).to(adapter.model.device)
+    index = torch.arange(len(batch), device=batch.input_ids.device).repeat_interleave(width)
+    logp = adapter.completion_logprobs(adapter.select(batch, index), comps, group=width)
+    return (logp * comps.mask).sum(-1).view(len(batch), width)
+
+
+def _text_scores(adapter, texts, padded, width, letter_ids, group) -> Tensor:
+    """Three passes on one growing KV cache: each run's shared prefix, each prompt's own tail
+    (left-padded, so every row ends at its answer position), then (cloze) each option."""
+    device = adapter.model.device
+    rows = adapter.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if len(rows) % group:
+        raise ValueError(f"{len(rows)} prompts do not form whole runs of {group}")
+    prefixes, tails = [], []
+    for g in range(0, len(rows), group):
+        run = rows[g : g + group]
+        n = _common_prefix(run, limit=min(len(r) for r in run) - 1)  # every tail keeps >= 1 token
+        prefixes.append(run[0][:n])
+        tails += [r[n:] for r in run]
+    if min(len(p) for p in prefixes) == 0:
+        raise ValueError("a prompt of a single token has no prefix to share; prompts end in the answer prefix")
+    _, past = adapter.extend(*_left_padded(prefixes, adapter.pad_id, device))
+    logits, past = adapter.extend(*_left_padded(tails, adapter.pad_id, device), past.repeat(group))
+    answer = logits[:, -1]
+    if letter_ids is not None:
+        return answer[:, letter_ids]
+    comps = adapter.encode_completions(padded).to(device)
+    rest, _ = adapter.extend(comps.ids, comps.mask, past.repeat(width), keep=comps.ids.shape[1])
+    logits = torch.cat([answer.repeat_interleave(width, dim=0)[:, None], rest[:, :-1]], dim=1)
+    logp = logits.log_softmax(-1).gather(2, comps.ids[..., None]).squeeze(-1)
+    return (logp * comps.mask).sum(-1).view(len(rows), width)
+
+
+def _common_prefix(rows: list[list[int]], limit: int) -> int:
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
 
 
 def sampled_choice(answer: str, options: list[str], answer_format: AnswerFormat) -> int | None:

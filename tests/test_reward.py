@@ -70,6 +70,32 @@ def test_cloze_scores_equal_separate_full_forward_passes(tiny_models, records):
     assert torch.isinf(got[1, 3:]).all() and torch.isfinite(got[0]).all()
 
 
+@pytest.mark.parametrize("answer_format", ["letter", "cloze"])
+def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, records, answer_format):
+    """`group`: runs of prompts about one caption share the encoded instructions and caption.
+    Checked against an independent formulation, one unpadded forward per prompt: letter
+    logits at the answer position (cloze: against the group=1 path, tested above)."""
+    reader = load_model(tiny_models["qwen2"])
+    texts, shown = [], []
+    for r in records[:3]:  # captions of different lengths; 4 questions each, options in 2 orders
+        for q in [r.questions[0], r.questions[1]]:
+            for options in [list(q.options), list(reversed(q.options))]:
+                body = prompts.reader_question(r.captions[0], q.question, options, answer_format)
+                texts.append(reader.chat(body, False, prompts.ANSWER_PREFIX))
+                shown.append(prompts.shown_options(options))
+    got = mcq.option_logits(reader, texts, shown, answer_format, batch_size=8, group=4)
+    if answer_format == "cloze":
+        want = mcq.option_logits(reader, texts, shown, answer_format)
+        assert torch.allclose(got, want, atol=1e-4)
+        return
+    letters = mcq.option_letter_ids(reader.tokenizer, "tiny", len(shown[0]))
+    for i, text in enumerate(texts):
+        ids = reader.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            want = reader.model(ids).logits[0, -1, letters]
+        assert torch.allclose(got[i], want, atol=1e-4)
+
+
 def test_reader_is_frozen(tiny_models):
     reward = CapRLQAReward(tiny_models["qwen2"])
     reward.train()
@@ -106,8 +132,8 @@ def test_rotations_average_over_every_cyclic_order(tiny_models, records):
     reward = CapRLQAReward(tiny_models["qwen2"], num_draws=1, rotations=True)
     calls = []
     original = reward._score_logprob
-    reward._score_logprob = lambda texts, shown, correct: (
-        calls.append(sorted(correct)) or original(texts, shown, correct)
+    reward._score_logprob = lambda texts, shown, correct, group: (
+        calls.append(sorted(correct)) or original(texts, shown, correct, group)
     )
     reward([records[0].captions[0]], records[:1])
     assert calls == [[0, 1, 2, 3]]

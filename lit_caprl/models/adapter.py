@@ -67,6 +67,21 @@ class Completions(_Tensors):
         return self.mask.sum(-1)
 
 
+@dataclass
+class TextCache:
+    """Keys/values of text rows already run through the model (`VLMAdapter.extend`), their
+    attention mask, and the position each row continues from."""
+
+    kv: object
+    mask: Tensor
+    next_position: Tensor
+
+    def repeat(self, n: int) -> TextCache:
+        """Each row n times in a row (the cache is repeated in place)."""
+        self.kv.batch_repeat_interleave(n)
+        return TextCache(self.kv, self.mask.repeat_interleave(n, 0), self.next_position.repeat_interleave(n))
+
+
 class VLMAdapter:
     """Wraps a Hugging Face model and its processor (or tokenizer, for text-only readers)."""
 
@@ -234,6 +249,25 @@ class VLMAdapter:
         ).logits  # fmt: skip
         first = out.logits[:, -1:].repeat_interleave(group, dim=0)
         return torch.cat([first, rest[:, :-1]], dim=1).float()
+
+    def extend(
+        self, ids: Tensor, mask: Tensor, past: TextCache | None = None, keep: int = 1
+    ) -> tuple[Tensor, TextCache]:
+        """Text only: run token rows `ids` (padding anywhere, where `mask` is 0) after `past`'s
+        rows, and return the logits of the last `keep` positions with the extended cache.
+        Scoring many continuations of one prefix this way encodes the prefix once (see
+        `mcq.option_logits`); positions continue each row's own count, as in one long pass."""
+        if self.mrope:
+            raise ValueError("extend() is for text-only decoders; Qwen-VL positions depend on the images")
+        start = torch.zeros(len(ids), dtype=torch.long, device=ids.device) if past is None else past.next_position
+        full = mask if past is None else torch.cat([past.mask, mask], dim=1)
+        offset = 0 if past is None else past.mask.shape[1]
+        out = self.model(
+            input_ids=ids, attention_mask=full, position_ids=start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0),
+            past_key_values=None if past is None else past.kv, use_cache=True, logits_to_keep=keep,
+            cache_position=torch.arange(offset, offset + ids.shape[1], device=ids.device),
+        )  # fmt: skip
+        return out.logits.float(), TextCache(out.past_key_values, full, start + mask.sum(-1))
 
     def next_token_logits(self, batch: PromptBatch) -> Tensor:
         """Logits of the token after each prompt, shape [B, V] (the reader's answer position)."""

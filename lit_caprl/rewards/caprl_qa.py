@@ -9,10 +9,11 @@ compared on equal terms and a repeated call gives the same draws.
 Two scoring modes:
 - `sample`: CapRL's own. The reader generates up to `max_new_tokens` at `temperature`; the
   option its output picks scores 1 if correct, else 0.
-- `logprob`: exact. The reader's distribution over the options (one forward pass over the
-  prompts) gives P(correct option) (`score="prob"`) or whether it ranks first
-  (`score="argmax"`), averaged over every cyclic rotation of the options (`rotations=True`)
-  to cancel the reader's bias toward particular positions.
+- `logprob`: exact. The reader's distribution over the options (one forward pass; the
+  instructions and caption, shared by a caption's questions, are encoded once) gives
+  P(correct option) (`score="prob"`) or whether it ranks first (`score="argmax"`), averaged
+  over every cyclic rotation of the options (`rotations=True`) to cancel the reader's bias
+  toward particular positions.
 
 The reader answers with a letter (`answer_format="letter"`, CapRL's format) or with the
 option's text (`"cloze"`, what small readers learn fast); see `lit_caprl.mcq`.
@@ -99,7 +100,7 @@ class CapRLQAReward(FrozenReward):
                     owner.append(i)
                     asked.append(q.question)
         scores = (
-            self._score_logprob(texts, shown, correct)
+            self._score_logprob(texts, shown, correct, group=len(texts) // len(captions))
             if self.mode == "logprob"
             else self._score_sample(texts, shown, correct)
         )
@@ -113,8 +114,10 @@ class CapRLQAReward(FrozenReward):
             details[i]["scores"].append(score)
         return RewardOutput(rewards, {self.name: rewards}, details)
 
-    def _score_logprob(self, texts: list[str], shown: list[list[str]], correct: list[int]) -> torch.Tensor:
-        logits = mcq.option_logits(self.adapter, texts, shown, self.answer_format, self.batch_size)
+    def _score_logprob(self, texts: list[str], shown: list[list[str]], correct: list[int], group: int) -> torch.Tensor:
+        """A caption's `group` prompts (draws x rotations) share the instructions and the caption,
+        encoded once per caption."""
+        logits = mcq.option_logits(self.adapter, texts, shown, self.answer_format, self.batch_size, group=group)
         target = torch.tensor(correct)
         if self.score == "prob":
             return logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
