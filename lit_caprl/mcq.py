@@ -71,7 +71,7 @@ def option_logits(
     letter: the logits of the option letters at the answer position.
     cloze: log p(option text + EOS | prompt) summed over tokens; each prompt's keys/values are
     computed once and shared by all its options.
-    `group=G` (text only): prompts come in runs of G that share a beginning, e.g. the draws
+    `group=G` (text-only models): prompts come in runs of G that share a beginning, e.g. the draws
     and rotations of one caption. Each run's common token prefix is then encoded once: the
     reward's prompts repeat the instructions and the caption for every question."""
     check_format(answer_format)
@@ -80,21 +80,23 @@ def option_logits(
     letter_ids = (
         option_letter_ids(adapter.tokenizer, adapter.model.name_or_path, width) if answer_format == "letter" else None
     )
-    step = batch_size if images is not None else max(1, batch_size // group) * group
+    shared = images is None and not adapter.mrope  # Qwen-VL positions depend on images: no cache reuse
+    step = max(1, batch_size // group) * group if shared else batch_size
     for s in range(0, len(texts), step):
         chunk = slice(s, s + step)
         rows = options[chunk]
         padded = [o[j] if j < len(o) else "" for o in rows for j in range(width)]
-        if images is None:
-            scores = _text_scores(adapter, texts[chunk], padded, width, letter_ids, group)
+        if shared:
+            scores = _shared_prefix_scores(adapter, texts[chunk], padded, width, letter_ids, group)
         else:
-            scores = _visual_scores(adapter, texts[chunk], images[chunk], padded, width, letter_ids)
+            pictures = None if images is None else images[chunk]
+            scores = _whole_prompt_scores(adapter, texts[chunk], pictures, padded, width, letter_ids)
         for i, o in enumerate(rows):
             out[s + i, : len(o)] = scores[i, : len(o)].cpu()
     return out
 
 
-def _visual_scores(adapter, texts, images, padded, width, letter_ids) -> Tensor:
+def _whole_prompt_scores(adapter, texts, images, padded, width, letter_ids) -> Tensor:
     """Scores [len(texts), width]; `letter_ids` None means cloze."""
     batch = adapter.encode_prompts(texts, images).to(adapter.model.device)
     if letter_ids is not None:
@@ -105,7 +107,7 @@ def _visual_scores(adapter, texts, images, padded, width, letter_ids) -> Tensor:
     return (logp * comps.mask).sum(-1).view(len(batch), width)
 
 
-def _text_scores(adapter, texts, padded, width, letter_ids, group) -> Tensor:
+def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> Tensor:
     """Three passes on one growing KV cache: each run's shared prefix, each prompt's own tail
     (left-padded, so every row ends at its answer position), then (cloze) each option."""
     device = adapter.model.device
