@@ -110,7 +110,6 @@ def _whole_prompt_scores(adapter, texts, images, padded, width, letter_ids) -> T
 def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> Tensor:
     """Three passes on one growing KV cache: each run's shared prefix, each prompt's own tail
     (left-padded, so every row ends at its answer position), then (cloze) each option."""
-    device = adapter.model.device
     rows = adapter.tokenizer(texts, add_special_tokens=False)["input_ids"]
     if len(rows) % group:
         raise ValueError(f"{len(rows)} prompts do not form whole runs of {group}")
@@ -122,16 +121,21 @@ def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> T
         tails += [r[n:] for r in run]
     if min(len(p) for p in prefixes) == 0:
         raise ValueError("a prompt of a single token has no prefix to share; prompts end in the answer prefix")
-    _, past = adapter.extend(*_left_padded(prefixes, adapter.pad_id, device))
-    logits, past = adapter.extend(*_left_padded(tails, adapter.pad_id, device), past.repeat(group))
+    _, past = adapter.extend(*_left_padded(adapter, prefixes))
+    logits, past = adapter.extend(*_left_padded(adapter, tails), past.repeat(group))
     answer = logits[:, -1]
     if letter_ids is not None:
         return answer[:, letter_ids]
-    comps = adapter.encode_completions(padded).to(device)
+    comps = adapter.encode_completions(padded).to(adapter.model.device)
     rest, _ = adapter.extend(comps.ids, comps.mask, past.repeat(width), keep=comps.ids.shape[1])
     logits = torch.cat([answer.repeat_interleave(width, dim=0)[:, None], rest[:, :-1]], dim=1)
     logp = logits.log_softmax(-1).gather(2, comps.ids[..., None]).squeeze(-1)
     return (logp * comps.mask).sum(-1).view(len(rows), width)
+
+
+def _left_padded(adapter: VLMAdapter, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
+    enc = adapter.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")  # left: the adapter's side
+    return enc["input_ids"].to(adapter.model.device), enc["attention_mask"].to(adapter.model.device)
 
 
 def _common_prefix(rows: list[list[int]], limit: int) -> int:
@@ -139,17 +143,6 @@ def _common_prefix(rows: list[list[int]], limit: int) -> int:
     while n < limit and all(r[n] == rows[0][n] for r in rows):
         n += 1
     return n
-
-
-def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def sampled_choice(answer: str, options: list[str], answer_format: AnswerFormat) -> int | None:
