@@ -77,7 +77,7 @@ def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, recor
     logits at the answer position (cloze: against the group=1 path, tested above)."""
     reader = load_model(tiny_models["qwen2"])
     texts, shown = [], []
-    for r in records[:3]:  # captions of different lengths; 4 questions each, options in 2 orders
+    for r in records[:3]:  # captions of different lengths; 4 prompts each: 2 questions x 2 option orders
         for q in [r.questions[0], r.questions[1]]:
             for options in [list(q.options), list(reversed(q.options))]:
                 body = prompts.reader_question(r.captions[0], q.question, options, answer_format)
