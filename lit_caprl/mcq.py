@@ -73,7 +73,9 @@ def option_logits(
     computed once and shared by all its options.
     `group=G` (text-only models): prompts come in runs of G that share a beginning, e.g. the draws
     and rotations of one caption. Each run's common token prefix is then encoded once: the
-    reward's prompts repeat the instructions and the caption for every question."""
+    reward's prompts repeat the instructions and the caption for every question. Runs only
+    save work: a run that straddles two captions (questions with different option counts)
+    shares less but scores the same."""
     check_format(answer_format)
     width = max(len(o) for o in options)
     out = torch.full((len(texts), width), float("-inf"))
@@ -110,24 +112,25 @@ def _whole_prompt_scores(adapter, texts, images, padded, width, letter_ids) -> T
 def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> Tensor:
     """Three passes on one growing KV cache: each run's shared prefix, each prompt's own tail
     (left-padded, so every row ends at its answer position), then (cloze) each option."""
+    device = adapter.model.device
     rows = adapter.tokenizer(texts, add_special_tokens=False)["input_ids"]
-    if len(rows) % group:
-        raise ValueError(f"{len(rows)} prompts do not form whole runs of {group}")
-    prefixes, tails = [], []
+    prefixes, tails, owner = [], [], []
     for g in range(0, len(rows), group):
-        run = rows[g : g + group]
+        run = rows[g : g + group]  # the last run may be shorter
         n = _common_prefix(run, limit=min(len(r) for r in run) - 1)  # every tail keeps >= 1 token
+        owner += [len(prefixes)] * len(run)
         prefixes.append(run[0][:n])
         tails += [r[n:] for r in run]
     if min(len(p) for p in prefixes) == 0:
         raise ValueError("a prompt of a single token has no prefix to share; prompts end in the answer prefix")
     _, past = adapter.extend(*_left_padded(adapter, prefixes))
-    logits, past = adapter.extend(*_left_padded(adapter, tails), past.repeat(group))
+    logits, past = adapter.extend(*_left_padded(adapter, tails), past.select(torch.tensor(owner, device=device)))
     answer = logits[:, -1]
     if letter_ids is not None:
         return answer[:, letter_ids]
-    comps = adapter.encode_completions(padded).to(adapter.model.device)
-    rest, _ = adapter.extend(comps.ids, comps.mask, past.repeat(width), keep=comps.ids.shape[1])
+    comps = adapter.encode_completions(padded).to(device)
+    each = torch.arange(len(rows), device=device).repeat_interleave(width)
+    rest, _ = adapter.extend(comps.ids, comps.mask, past.select(each), keep=comps.ids.shape[1])
     logits = torch.cat([answer.repeat_interleave(width, dim=0)[:, None], rest[:, :-1]], dim=1)
     logp = logits.log_softmax(-1).gather(2, comps.ids[..., None]).squeeze(-1)
     return (logp * comps.mask).sum(-1).view(len(rows), width)

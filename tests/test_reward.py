@@ -70,8 +70,8 @@ def test_cloze_scores_equal_separate_full_forward_passes(tiny_models, records):
     assert torch.isinf(got[1, 3:]).all() and torch.isfinite(got[0]).all()
 
 
-@pytest.mark.parametrize("answer_format", ["letter", "cloze"])
-def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, records, answer_format):
+@pytest.mark.parametrize(("answer_format", "group"), [("letter", 4), ("cloze", 4), ("letter", 5), ("cloze", 5)])
+def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, records, answer_format, group):
     """`group`: runs of prompts about one caption share the encoded instructions and caption.
     Checked against an independent formulation, one unpadded forward per prompt: letter
     logits at the answer position (cloze: against the group=1 path, tested above)."""
@@ -83,7 +83,8 @@ def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, recor
                 body = prompts.reader_question(r.captions[0], q.question, options, answer_format)
                 texts.append(reader.chat(body, False, prompts.ANSWER_PREFIX))
                 shown.append(prompts.shown_options(options))
-    got = mcq.option_logits(reader, texts, shown, answer_format, batch_size=8, group=4)
+    # group 5: runs straddle captions (as with questions of different option counts)
+    got = mcq.option_logits(reader, texts, shown, answer_format, batch_size=8, group=group)
     if answer_format == "cloze":
         want = mcq.option_logits(reader, texts, shown, answer_format)
         assert torch.allclose(got, want, atol=1e-4)

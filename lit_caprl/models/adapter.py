@@ -76,10 +76,10 @@ class TextCache:
     mask: Tensor
     next_position: Tensor
 
-    def repeat(self, n: int) -> TextCache:
-        """Each row n times in a row (the cache is repeated in place)."""
-        self.kv.batch_repeat_interleave(n)
-        return TextCache(self.kv, self.mask.repeat_interleave(n, 0), self.next_position.repeat_interleave(n))
+    def select(self, index: Tensor) -> TextCache:
+        """Rows `index`, repeats allowed (the keys/values are selected in place)."""
+        self.kv.batch_select_indices(index)
+        return TextCache(self.kv, self.mask[index], self.next_position[index])
 
 
 class VLMAdapter:
