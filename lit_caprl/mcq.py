@@ -111,7 +111,8 @@ def _whole_prompt_scores(adapter, texts, images, padded, width, letter_ids) -> T
 
 def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> Tensor:
     """Three passes on one growing KV cache: each run's shared prefix, each prompt's own tail
-    (left-padded, so every row ends at its answer position), then (cloze) each option."""
+    (left-padded, so every row ends at its answer position), then (cloze) all its options
+    side by side."""
     device = adapter.model.device
     rows = adapter.tokenizer(texts, add_special_tokens=False)["input_ids"]
     prefixes, tails, owner = [], [], []
@@ -124,16 +125,16 @@ def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> T
     if min(len(p) for p in prefixes) == 0:
         raise ValueError("a prompt of a single token has no prefix to share; prompts end in the answer prefix")
     _, past = adapter.extend(*_left_padded(adapter, prefixes))
-    logits, past = adapter.extend(*_left_padded(adapter, tails), past.select(torch.tensor(owner, device=device)))
-    answer = logits[:, -1]
+    answer, past = adapter.extend(*_left_padded(adapter, tails), past.select(torch.tensor(owner, device=device)))
     if letter_ids is not None:
         return answer[:, letter_ids]
     comps = adapter.encode_completions(padded).to(device)
-    each = torch.arange(len(rows), device=device).repeat_interleave(width)
-    rest, _ = adapter.extend(comps.ids, comps.mask, past.select(each), keep=comps.ids.shape[1])
-    logits = torch.cat([answer.repeat_interleave(width, dim=0)[:, None], rest[:, :-1]], dim=1)
-    logp = logits.log_softmax(-1).gather(2, comps.ids[..., None]).squeeze(-1)
-    return (logp * comps.mask).sum(-1).view(len(rows), width)
+    ids, mask = comps.ids.view(len(rows), width, -1), comps.mask.view(len(rows), width, -1)
+    rest = adapter.extend_branches(ids, mask, past)  # every option of a prompt, side by side
+    first = answer[:, None, None].expand(-1, width, 1, -1)
+    logits = torch.cat([first, rest[:, :, :-1]], dim=2)
+    logp = logits.log_softmax(-1).gather(3, ids[..., None]).squeeze(-1)
+    return (logp * mask).sum(-1)
 
 
 def _left_padded(adapter: VLMAdapter, rows: list[list[int]]) -> tuple[Tensor, Tensor]:

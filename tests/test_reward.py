@@ -46,10 +46,12 @@ def test_sampled_answer_parsing():
     assert mcq.sampled_choice("green", options, "cloze") is None and mcq.sampled_choice("", options, "cloze") is None
 
 
-def test_cloze_scores_equal_separate_full_forward_passes(tiny_models, records):
-    """Shared-prompt cloze scoring vs an independent formulation: one plain forward per
-    (prompt, option) sequence, summing log p of the option's tokens and EOS."""
-    reader = load_model(tiny_models["qwen2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])  # the tiny reader's, and a real reader's
+def test_cloze_scores_equal_separate_full_forward_passes(tiny_models, records, attn):
+    """Shared-prompt cloze scoring (a prompt's options side by side in one pass) vs an
+    independent formulation: one plain forward per (prompt, option) sequence, summing
+    log p of the option's tokens and EOS."""
+    reader = load_model(tiny_models["qwen2"], attn_implementation=attn)
     texts, shown = [], []
     for r in records[:3]:
         q = r.questions[0]
@@ -70,12 +72,13 @@ def test_cloze_scores_equal_separate_full_forward_passes(tiny_models, records):
     assert torch.isinf(got[1, 3:]).all() and torch.isfinite(got[0]).all()
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])  # the tiny reader's, and a real reader's
 @pytest.mark.parametrize(("answer_format", "group"), [("letter", 4), ("cloze", 4), ("letter", 5), ("cloze", 5)])
-def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, records, answer_format, group):
+def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, records, answer_format, group, attn):
     """`group`: runs of prompts about one caption share the encoded instructions and caption.
     Checked against an independent formulation, one unpadded forward per prompt: letter
     logits at the answer position (cloze: against the group=1 path, tested above)."""
-    reader = load_model(tiny_models["qwen2"])
+    reader = load_model(tiny_models["qwen2"], attn_implementation=attn)
     texts, shown = [], []
     for r in records[:3]:  # captions of different lengths; 4 prompts each: 2 questions x 2 option orders
         for q in [r.questions[0], r.questions[1]]:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from lit_caprl.models.sharding import distributed, is_sharded, root_unsharded
 
@@ -120,13 +121,9 @@ class VLMAdapter:
 
     def encode_completions(self, texts: list[str]) -> Completions:
         """Target texts as right-padded token ids, each ending in EOS (so the model learns to stop)."""
-        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.eos_id] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        rows = [torch.tensor(r + [self.eos_id]) for r in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        ids = pad_sequence(rows, batch_first=True, padding_value=self.pad_id)
+        mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)
         return Completions(ids, mask, torch.zeros(len(rows), dtype=torch.bool))
 
     def decode(self, completions: Completions) -> list[str]:
@@ -250,11 +247,9 @@ class VLMAdapter:
         first = out.logits[:, -1:].repeat_interleave(group, dim=0)
         return torch.cat([first, rest[:, :-1]], dim=1).float()
 
-    def extend(
-        self, ids: Tensor, mask: Tensor, past: TextCache | None = None, keep: int = 1
-    ) -> tuple[Tensor, TextCache]:
+    def extend(self, ids: Tensor, mask: Tensor, past: TextCache | None = None) -> tuple[Tensor, TextCache]:
         """Text only: run token rows `ids` (padding anywhere, where `mask` is 0) after `past`'s
-        rows, and return the logits of the last `keep` positions with the extended cache.
+        rows; returns the next-token logits after each row, [N, V], and the extended cache.
         Scoring many continuations of one prefix this way encodes the prefix once (see
         `mcq.option_logits`); positions continue each row's own count, as in one long pass."""
         if self.mrope:
@@ -264,10 +259,35 @@ class VLMAdapter:
         offset = 0 if past is None else past.mask.shape[1]
         out = self.model(
             input_ids=ids, attention_mask=full, position_ids=start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0),
-            past_key_values=None if past is None else past.kv, use_cache=True, logits_to_keep=keep,
+            past_key_values=None if past is None else past.kv, use_cache=True, logits_to_keep=1,
             cache_position=torch.arange(offset, offset + ids.shape[1], device=ids.device),
         )  # fmt: skip
-        return out.logits.float(), TextCache(out.past_key_values, full, start + mask.sum(-1))
+        return out.logits[:, -1].float(), TextCache(out.past_key_values, full, start + mask.sum(-1))
+
+    def extend_branches(self, ids: Tensor, mask: Tensor, past: TextCache) -> Tensor:
+        """Text only: score several continuations of each of `past`'s rows in one pass, without
+        repeating its keys/values. `ids`/`mask` are [N, B, T]: B right-padded branches per row.
+        Each branch sees its row's past and its own earlier tokens, never another branch, and
+        starts at the row's next position, as if it ran alone. Returns the logits of every
+        branch token, [N, B, T, V]. `past`'s cache is consumed."""
+        if self.mrope:
+            raise ValueError("extend_branches() is for text-only decoders; Qwen-VL positions depend on the images")
+        n, branches, length = ids.shape
+        device = ids.device
+        own = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        same = torch.block_diag(*[own] * branches)  # [B*T, B*T]: causal within a branch only
+        new = same[None] & mask.view(n, 1, branches * length).bool()
+        old = past.mask.bool()[:, None, :].expand(n, branches * length, -1)
+        allowed = torch.cat([old, new], dim=-1)[:, None]  # [N, 1, B*T, past + B*T]
+        additive = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        offset = past.mask.shape[1]
+        positions = past.next_position[:, None] + torch.arange(length, device=device).repeat(branches)
+        logits = self.model(
+            input_ids=ids.view(n, -1), attention_mask=additive.to(self.model.dtype), position_ids=positions,
+            past_key_values=past.kv, use_cache=True, logits_to_keep=branches * length,
+            cache_position=torch.arange(offset, offset + branches * length, device=device),
+        ).logits  # fmt: skip
+        return logits.float().view(n, branches, length, -1)
 
     def next_token_logits(self, batch: PromptBatch) -> Tensor:
         """Logits of the token after each prompt, shape [B, V] (the reader's answer position)."""
