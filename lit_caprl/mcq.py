@@ -130,11 +130,7 @@ def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> T
         return answer[:, letter_ids]
     comps = adapter.encode_completions(padded).to(device)
     ids, mask = comps.ids.view(len(rows), width, -1), comps.mask.view(len(rows), width, -1)
-    rest = adapter.extend_branches(ids, mask, past)  # every option of a prompt, side by side
-    first = answer[:, None, None].expand(-1, width, 1, -1)
-    logits = torch.cat([first, rest[:, :, :-1]], dim=2)
-    logp = logits.log_softmax(-1).gather(3, ids[..., None]).squeeze(-1)
-    return (logp * mask).sum(-1)
+    return adapter.branch_logprobs(ids, mask, past, answer).sum(-1)  # every option of a prompt, side by side
 
 
 def _left_padded(adapter: VLMAdapter, rows: list[list[int]]) -> tuple[Tensor, Tensor]:

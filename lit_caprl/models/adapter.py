@@ -264,30 +264,39 @@ class VLMAdapter:
         )  # fmt: skip
         return out.logits[:, -1].float(), TextCache(out.past_key_values, full, start + mask.sum(-1))
 
-    def extend_branches(self, ids: Tensor, mask: Tensor, past: TextCache) -> Tensor:
-        """Text only: score several continuations of each of `past`'s rows in one pass, without
-        repeating its keys/values. `ids`/`mask` are [N, B, T]: B right-padded branches per row.
-        Each branch sees its row's past and its own earlier tokens, never another branch, and
-        starts at the row's next position, as if it ran alone. Returns the logits of every
-        branch token, [N, B, T, V]. `past`'s cache is consumed."""
+    def branch_logprobs(self, ids: Tensor, mask: Tensor, past: TextCache, last: Tensor) -> Tensor:
+        """Text only: log-probs of several continuations of each of `past`'s rows, in one pass
+        that never repeats the rows' keys/values. `ids`/`mask` are [N, B, T]: B right-padded
+        branches per row; `last` [N, V] are the next-token logits after each row (from
+        `extend`). Each branch sees its row's past and its own earlier tokens, never another
+        branch, and starts at the row's next position, as if it ran alone. The branches' tokens
+        are packed end to end, so padding costs nothing. Returns log p of every branch token,
+        [N, B, T] (0 at padding). `past`'s cache is consumed."""
         if self.mrope:
-            raise ValueError("extend_branches() is for text-only decoders; Qwen-VL positions depend on the images")
+            raise ValueError("branch_logprobs() is for text-only decoders; Qwen-VL positions depend on the images")
         n, branches, length = ids.shape
         device = ids.device
-        own = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-        same = torch.block_diag(*[own] * branches)  # [B*T, B*T]: causal within a branch only
-        new = same[None] & mask.view(n, 1, branches * length).bool()
-        old = past.mask.bool()[:, None, :].expand(n, branches * length, -1)
-        allowed = torch.cat([old, new], dim=-1)[:, None]  # [N, 1, B*T, past + B*T]
+        valid = mask.reshape(n, -1).bool()
+        width = int(valid.sum(-1).max())
+        pack = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)[:, :width]  # real tokens first, in order
+        tokens, real = ids.reshape(n, -1).gather(1, pack), valid.gather(1, pack)
+        branch = torch.arange(branches, device=device).repeat_interleave(length)[pack]
+        step = torch.arange(length, device=device).repeat(branches)[pack]
+        new = (branch[:, :, None] == branch[:, None, :]) & (step[:, None, :] <= step[:, :, None]) & real[:, None, :]
+        old = past.mask.bool()[:, None, :].expand(n, width, -1)
+        allowed = torch.cat([old, new], dim=-1)[:, None]  # [N, 1, width, past + width]
         additive = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
-        offset = past.mask.shape[1]
-        positions = past.next_position[:, None] + torch.arange(length, device=device).repeat(branches)
+        offset, positions = past.mask.shape[1], past.next_position[:, None] + step
         logits = self.model(
-            input_ids=ids.view(n, -1), attention_mask=additive.to(self.model.dtype), position_ids=positions,
-            past_key_values=past.kv, use_cache=True, logits_to_keep=branches * length,
-            cache_position=torch.arange(offset, offset + branches * length, device=device),
-        ).logits  # fmt: skip
-        return logits.float().view(n, branches, length, -1)
+            input_ids=tokens, attention_mask=additive.to(self.model.dtype), position_ids=positions,
+            past_key_values=past.kv, use_cache=True, logits_to_keep=width,
+            cache_position=torch.arange(offset, offset + width, device=device),
+        ).logits.float()  # fmt: skip
+        # A branch's first token follows the row itself; every later one, the token packed before it.
+        before = torch.cat([last[:, None], logits[:, :-1]], dim=1)
+        before = torch.where((step == 0)[..., None], last[:, None], before)
+        logp = before.log_softmax(-1).gather(2, tokens[..., None]).squeeze(-1) * real
+        return torch.zeros(n, branches * length, device=device).scatter_(1, pack, logp).view(n, branches, length)
 
     def next_token_logits(self, batch: PromptBatch) -> Tensor:
         """Logits of the token after each prompt, shape [B, V] (the reader's answer position)."""
