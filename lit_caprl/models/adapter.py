@@ -120,11 +120,15 @@ class VLMAdapter:
         )
 
     def encode_completions(self, texts: list[str]) -> Completions:
-        """Target texts as right-padded token ids, each ending in EOS (so the model learns to stop)."""
-        rows = [torch.tensor(r + [self.eos_id]) for r in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        """Target texts as right-padded token ids, each ending in EOS (so the model learns to stop).
+        Each distinct text is tokenized once: MCQ options repeat thousands of times per reward call."""
+        unique = list(dict.fromkeys(texts))
+        rows = [torch.tensor(r + [self.eos_id]) for r in self.tokenizer(unique, add_special_tokens=False)["input_ids"]]
         ids = pad_sequence(rows, batch_first=True, padding_value=self.pad_id)
         mask = pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)
-        return Completions(ids, mask, torch.zeros(len(rows), dtype=torch.bool))
+        where = {text: i for i, text in enumerate(unique)}
+        index = torch.tensor([where[text] for text in texts])
+        return Completions(ids[index], mask[index], torch.zeros(len(texts), dtype=torch.bool))
 
     def decode(self, completions: Completions) -> list[str]:
         return [
