@@ -69,3 +69,23 @@ def test_one_dpo_step_moves_policy_not_reference(pairs_dir, tiny_models, tmp_pat
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-4)
     for key in ("train/rewards/chosen", "train/rewards/accuracy", "train/rewards/margin", "val/loss"):
         assert key in trainer.callback_metrics, key
+
+
+def test_rpo_adds_the_chosen_captions_token_nll(pairs_dir, tiny_models, tmp_path):
+    """RPO: at step 0 (policy == reference) the loss is log 2 plus alpha times the per-token
+    NLL of the chosen captions, here computed from the policy's own forward before training."""
+    pairs = str(pairs_dir / "pairs.jsonl")
+    data = PairData(pairs, pairs, batch_size=len(load_records(pairs)[0]))  # one batch: every pair
+    data.setup("fit")
+    L.seed_everything(0)
+    module = DPOStage(tiny_models["qwen2_5_vl"], beta=0.1, lr=1e-2, rpo_alpha=0.5)
+    with torch.no_grad():
+        chosen, _, tokens = module.sequence_logps(module.adapter, next(iter(data.train_dataloader())))
+    want = torch.log(torch.tensor(2.0)).item() + 0.5 * (-chosen.sum() / tokens.sum()).item()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(want, abs=1e-4)
+    assert trainer.callback_metrics["train/nll"].item() > 0

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from lit_caprl.stages.losses import aggregate, clipped_surrogate, dpo_loss, group_advantages, grpo_loss, k3_kl
+from lit_caprl.stages.losses import (
+    aggregate,
+    clipped_surrogate,
+    dpo_loss,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+    token_mean_nll,
+)
 
 
 def test_group_advantages_hand_computed():
@@ -153,3 +161,9 @@ def test_dpo_gradient_pushes_chosen_up_and_rejected_down():
         loss, _, _ = dpo_loss(pc, pr, torch.tensor([-3.0]), torch.tensor([-3.0]), 0.1, loss_type)
         loss.sum().backward()
         assert pc.grad.item() < 0 < pr.grad.item(), loss_type
+
+
+def test_token_mean_nll_averages_over_tokens_not_sequences():
+    # two captions: 2 tokens summing to log p -2, 3 tokens summing to -6 -> 8 nats / 5 tokens
+    nll = token_mean_nll(torch.tensor([-2.0, -6.0]), torch.tensor([2.0, 3.0]))
+    assert nll.item() == pytest.approx(1.6)

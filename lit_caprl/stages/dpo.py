@@ -31,6 +31,8 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         loss_type: sigmoid (DPO) | ipo | hinge; IPO scores the per-token mean log-prob, the others the sum.
         label_smoothing: assumed label-noise rate for `sigmoid` (conservative DPO).
         precompute_ref_logps: score all training pairs with the reference once, then drop the reference.
+        rpo_alpha: weight of an NLL term on the chosen captions (RPO, TRL's `rpo_alpha`): keeps the
+            policy writing what was preferred, instead of only moving away from what was not.
         lr, vision_lr, weight_decay, warmup_steps, schedule, max_grad_norm: AdamW as in the other stages.
         max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         lora, gradient_checkpointing, optimizer: LoRA/QLoRA and memory options (see `SFTStage`); with
@@ -45,6 +47,7 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         loss_type: losses.DPOLossType = "sigmoid",
         label_smoothing: float = 0.0,
         precompute_ref_logps: bool = False,
+        rpo_alpha: float = 0.0,
         lr: float = 1e-5,
         vision_lr: float | None = None,
         weight_decay: float = 0.0,
@@ -72,8 +75,9 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         """Batches hold PIL images; `sequence_logps` encodes and places tensors itself."""
         return batch
 
-    def sequence_logps(self, adapter: VLMAdapter, batch: dict) -> tuple[Tensor, Tensor]:
-        """Log-probs of the chosen and of the rejected captions, [P] each, in one forward pass."""
+    def sequence_logps(self, adapter: VLMAdapter, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Log-probs of the chosen and of the rejected captions, [P] each, in one forward pass,
+        and the chosen captions' token counts."""
         n = len(batch["chosen"])
         texts = [self.adapter.chat(p, with_image=True) for p in batch["prompt"]]
         prompts = self.adapter.encode_prompts(texts, batch["image"]).to(self.device)
@@ -81,17 +85,17 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         comps = self.adapter.encode_completions(batch["chosen"] + batch["rejected"]).to(self.device)
         logp = adapter.completion_logprobs(prompts, comps)
         mask = comps.mask.to(logp.dtype)
-        seq = (logp * mask).sum(-1)
+        seq, tokens = (logp * mask).sum(-1), mask.sum(-1).clamp(min=1)
         if self.hparams.loss_type == "ipo":
-            seq = seq / mask.sum(-1).clamp(min=1)
-        return seq[:n], seq[n:]
+            seq = seq / tokens
+        return seq[:n], seq[n:], tokens[:n]
 
     def reference_logps(self, batch: dict) -> tuple[Tensor, Tensor]:
         if self.use_ref_cache:
             cached = torch.tensor([self.ref_cache[i] for i in batch["id"]], device=self.device)
             return cached[:, 0], cached[:, 1]
         with torch.no_grad(), reference_mode(self.policy):
-            return self.sequence_logps(self.ref_adapter or self.adapter, batch)
+            return self.sequence_logps(self.ref_adapter or self.adapter, batch)[:2]
 
     def on_fit_start(self) -> None:
         """With `precompute_ref_logps`, score every training and validation pair once."""
@@ -114,18 +118,23 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
 
     def step(self, batch: dict, prefix: str) -> Tensor:
         hp = self.hparams
-        chosen, rejected = self.sequence_logps(self.adapter, batch)
+        chosen, rejected, chosen_tokens = self.sequence_logps(self.adapter, batch)
         ref_chosen, ref_rejected = self.reference_logps(batch)
         loss, r_chosen, r_rejected = losses.dpo_loss(
             chosen, rejected, ref_chosen, ref_rejected, hp.beta, hp.loss_type, hp.label_smoothing
         )
+        loss = loss.mean()
         n = len(batch["chosen"])
-        self.log(f"{prefix}/loss", loss.mean(), prog_bar=True, batch_size=n)
+        if hp.rpo_alpha:
+            nll = losses.token_mean_nll(chosen * (chosen_tokens if hp.loss_type == "ipo" else 1), chosen_tokens)
+            loss = loss + hp.rpo_alpha * nll
+            self.log(f"{prefix}/nll", nll, batch_size=n)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, batch_size=n)
         self.log(f"{prefix}/rewards/chosen", r_chosen.mean(), batch_size=n)
         self.log(f"{prefix}/rewards/rejected", r_rejected.mean(), batch_size=n)
         self.log(f"{prefix}/rewards/accuracy", (r_chosen > r_rejected).float().mean(), prog_bar=True, batch_size=n)
         self.log(f"{prefix}/rewards/margin", (r_chosen - r_rejected).mean(), batch_size=n)
-        return loss.mean()
+        return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self.step(batch, "train")

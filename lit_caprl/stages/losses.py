@@ -150,3 +150,9 @@ def dpo_loss(
     chosen_rewards = beta * (chosen_logp - ref_chosen_logp).detach()
     rejected_rewards = beta * (rejected_logp - ref_rejected_logp).detach()
     return loss, chosen_rewards, rejected_rewards
+
+
+def token_mean_nll(logp_sums: Tensor, tokens: Tensor) -> Tensor:
+    """Negative log-likelihood per token over a batch of sequences (summed log-probs [P] and
+    token counts [P]): the SFT term RPO adds to DPO, averaged over tokens as TRL does."""
+    return -logp_sums.sum() / tokens.sum()
