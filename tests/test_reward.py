@@ -122,6 +122,28 @@ def test_logprob_mode_is_deterministic_and_sample_mode_is_not(tiny_models, recor
     assert set(runs.unique().tolist()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
 
 
+def test_logprob_mode_scores_a_repeated_caption_once(tiny_models, records, monkeypatch):
+    """A GRPO group often samples the same caption twice: exact scores are computed once and
+    shared, equal to scoring every caption of the group on its own."""
+    reward = CapRLQAReward(tiny_models["qwen2"], num_draws=3, rotations=False)
+    a, b = records[:2]
+    captions, recs = [a.captions[0], "a red circle", a.captions[0], b.captions[0], a.captions[0]], [a, a, a, b, b]
+    alone = torch.cat([reward([c], [r], step=5).rewards for c, r in zip(captions, recs, strict=True)])
+    prompts_scored = []
+    score = reward._score_logprob
+
+    def counting(texts, *rest, **kwargs):
+        prompts_scored.append(len(texts))
+        return score(texts, *rest, **kwargs)
+
+    monkeypatch.setattr(reward, "_score_logprob", counting)
+    out = reward(captions, recs, step=5)
+    assert prompts_scored == [4 * 3]  # (a, gold), (a, red circle), (b, gold), (b, a's gold): 4 distinct pairs
+    assert torch.allclose(out.rewards, alone, atol=1e-6) and out.rewards[0] == out.rewards[2]
+    assert out.details[2] == out.details[0] and len(out.details) == 5
+    assert torch.equal(out.terms["caprl_qa"], out.rewards)
+
+
 def test_cloze_reward_is_a_probability_over_the_options(tiny_models, records):
     captions, recs = [r.captions[0] for r in records[:4]], records[:4]
     reward = CapRLQAReward(tiny_models["qwen2"], num_draws=3, answer_format="cloze", rotations=False)

@@ -13,7 +13,8 @@ Two scoring modes:
   instructions and caption, shared by a caption's questions, are encoded once) gives
   P(correct option) (`score="prob"`) or whether it ranks first (`score="argmax"`), averaged
   over every cyclic rotation of the options (`rotations=True`) to cancel the reader's bias
-  toward particular positions.
+  toward particular positions. Being exact, it scores a caption repeated for one image (a
+  GRPO group's identical samples) once.
 
 The reader answers with a letter (`answer_format="letter"`, CapRL's format) or with the
 option's text (`"cloze"`, what small readers learn fast); see `lit_caprl.mcq`.
@@ -85,6 +86,22 @@ class CapRLQAReward(FrozenReward):
 
     @torch.no_grad()
     def forward(self, captions: list[str], records: list[Record], step: int = 0) -> RewardOutput:
+        if self.mode == "sample":  # every repeat is a fresh sample
+            return self._reward(captions, records, step)
+        # Exact scores: a caption repeated for the same record (a GRPO group's identical samples)
+        # is scored once. Records are keyed by identity: the rollout repeats each one G times.
+        keys = [(c, id(r)) for c, r in zip(captions, records, strict=True)]
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        if len(first) == len(keys):
+            return self._reward(captions, records, step)
+        unique = sorted(first.values())
+        position = {i: j for j, i in enumerate(unique)}
+        out = self._reward([captions[i] for i in unique], [records[i] for i in unique], step)
+        rows = torch.tensor([position[first[k]] for k in keys])
+        terms = {name: t[rows] for name, t in out.terms.items()}
+        return RewardOutput(out.rewards[rows], terms, [out.details[i] for i in rows.tolist()])
+
+    def _reward(self, captions: list[str], records: list[Record], step: int) -> RewardOutput:
         # One reader prompt per (caption, draw, rotation); `owner` maps prompts back to captions.
         texts, shown, correct, owner, asked = [], [], [], [], []
         for i, (cap, rec) in enumerate(zip(captions, records, strict=True)):
