@@ -5,9 +5,12 @@ reader questions (draws) scored per second; noise is the std of each caption's r
 across repeated calls, averaged over captions.
 
     python benchmarks/reader_reward.py [--reader DIR] [--data FILE.jsonl] [--answer-format cloze]
-                                       [--rotations] [--quick]
+                                       [--rotations] [--policy DIR --group G] [--quick]
 
-Without --reader/--data it builds a tiny reader and a small ShapesWorld set in a temp dir.
+Without --reader/--data it builds a tiny reader and a small ShapesWorld set in a temp dir, and
+scores each image's gold caption. With --policy the captions are what GRPO scores instead: G
+samples per image from that captioner export at temperature 0.7 (grpo.yaml's), where
+`logprob` mode scores a caption sampled twice for one image once.
 Writes benchmarks/results/reader_reward.json.
 """
 
@@ -24,6 +27,8 @@ import torch
 
 from lit_caprl.data import shapes
 from lit_caprl.data.schema import load_records
+from lit_caprl.evaluate import generate_captions
+from lit_caprl.models.loading import load_model
 from lit_caprl.models.tiny import make_tiny
 from lit_caprl.rewards import CapRLQAReward
 
@@ -51,17 +56,25 @@ def main() -> None:
         "--answer-format", default="letter", choices=["letter", "cloze"], help="the reader's training format"
     )
     p.add_argument("--rotations", action="store_true", help="logprob mode averages over all option rotations")
+    p.add_argument("--policy", help="captioner export: score G sampled captions per image, as GRPO does")
+    p.add_argument("--group", type=int, default=1, help="captions per image with --policy (grpo.yaml: 8)")
     p.add_argument("--quick", action="store_true", help="a few captions, two repeats: checks that it runs")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "reader_reward.json"))
     a = p.parse_args()
+    if a.group > 1 and not a.policy:
+        p.error("--group needs --policy (gold captions have one per image)")
     if a.quick:
         a.captions, a.repeats = 8, 2
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         reader = a.reader or str(make_tiny("qwen2", "tiny", Path(tmp) / "reader"))
         data = a.data or str(shapes.write_dataset(Path(tmp) / "shapes", a.captions, 1, seed=0) / "train.jsonl")
-        records = load_records(data)[0][: a.captions]
-        captions = [r.captions[0] for r in records]
+        records = load_records(data)[0][: a.captions // a.group]
+        if a.policy:
+            records = [r for r in records for _ in range(a.group)]
+            captions = generate_captions(load_model(a.policy), records, temperature=0.7, seed=0)
+        else:
+            captions = [r.captions[0] for r in records]
         common = dict(reader=reader, num_draws=a.draws, seed=0, answer_format=a.answer_format)
         logprob = CapRLQAReward(mode="logprob", score="prob", rotations=a.rotations, **common)
         sample = CapRLQAReward(mode="sample", temperature=0.6, max_new_tokens=10, **common)
@@ -70,6 +83,8 @@ def main() -> None:
     result = {
         "reader": a.reader or "tiny random-init qwen2 (built here)",
         "captions": len(captions),
+        "policy": a.policy or "gold captions",
+        "distinct_captions": len(set(zip(captions, (r.id for r in records), strict=True))),
         "draws_per_caption": a.draws,
         "answer_format": a.answer_format,
         "rotations": a.rotations,
@@ -80,6 +95,7 @@ def main() -> None:
         "logprob_std": lp_std,
         "sample_std": s_std,
     }
+    print(f"{len(captions)} captions ({result['policy']}), {result['distinct_captions']} distinct per image")
     print(f"logprob: {lp_qps:8.1f} questions/s   reward std across calls {lp_std:.4f}")
     print(f"sample:  {s_qps:8.1f} questions/s   reward std across calls {s_std:.4f}")
     print(f"ratio logprob/sample: {lp_qps / s_qps:.2f}x")
