@@ -91,13 +91,16 @@ class CapRLQAReward(FrozenReward):
         # Exact scores: a caption repeated for the same record (a GRPO group's identical samples)
         # is scored once. Records are keyed by identity: the rollout repeats each one G times.
         keys = [(c, id(r)) for c, r in zip(captions, records, strict=True)]
-        first = {k: i for i, k in reversed(list(enumerate(keys)))}
+        slot: dict[tuple[str, int], int] = {}
+        first = []  # the first sample of each distinct key
+        for i, key in enumerate(keys):
+            if key not in slot:
+                slot[key] = len(first)
+                first.append(i)
         if len(first) == len(keys):
             return self._reward(captions, records, step)
-        unique = sorted(first.values())
-        position = {i: j for j, i in enumerate(unique)}
-        out = self._reward([captions[i] for i in unique], [records[i] for i in unique], step)
-        rows = torch.tensor([position[first[k]] for k in keys])
+        out = self._reward([captions[i] for i in first], [records[i] for i in first], step)
+        rows = torch.tensor([slot[key] for key in keys])
         terms = {name: t[rows] for name, t in out.terms.items()}
         return RewardOutput(out.rewards[rows], terms, [out.details[i] for i in rows.tolist()])
 
