@@ -10,6 +10,10 @@ A pipeline file:
         overrides: {data.init_args.root: "{data}"}    # `--key=value` after the config
       - name: pairs
         command: [mine-pairs, --policy, "{captioner_sft}", --out, "{out}"]   # ... or any lit-caprl tool
+      - name: reader_sft
+        fit: experiments/shapes/reader_sft.yaml
+        init_from: null
+        with_previous: true   # runs at the same time as the stage above, which must not feed it
 
 In strings, `{run}` is the run directory, `{out}` the stage's own output and `{NAME}` the
 output of an earlier stage NAME: a fit stage's output is its `save_pretrained` export
@@ -17,16 +21,23 @@ output of an earlier stage NAME: a fit stage's output is its `save_pretrained` e
 write atomically. A stage whose output exists is done and skipped, so rerunning continues
 where the last run stopped; `--force NAME` redoes NAME and every stage after it. Wall times
 go to `{run}/stages.json`.
+
+Stages side by side (`with_previous`) share the machine's cores evenly (`OMP_NUM_THREADS`) and
+write their output to `{run}/logs/NAME.log`: tiny models gain little from a second thread, so
+two trainings at one thread each take about as long as one of them at two. If one fails, the
+pipeline stops once the others have finished, keeping what they wrote.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +53,7 @@ class Stage:
     command: list[str] = field(default_factory=list)
     overrides: dict[str, object] = field(default_factory=dict)
     init_from: object = _PREVIOUS
+    with_previous: bool = False
 
     def output(self, run: Path) -> Path:
         return run / self.name / "export" if self.fit else run / self.name
@@ -49,14 +61,14 @@ class Stage:
 
 def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
     """Parse and check a pipeline file: unique names, exactly one of fit/command per stage,
-    `init_from` naming an earlier fit stage."""
+    `init_from` naming an earlier fit stage, no stage fed by one running beside it."""
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(cfg, dict) or "run_dir" not in cfg or not cfg.get("stages"):
         raise ValueError(f"{path}: needs `run_dir` and a non-empty `stages` list")
     stages: list[Stage] = []
     for i, raw in enumerate(cfg["stages"]):
         where = f"{path}: stages[{i}]"
-        unknown = set(raw) - {"name", "fit", "command", "overrides", "init_from"}
+        unknown = set(raw) - {"name", "fit", "command", "overrides", "init_from", "with_previous"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         if "name" not in raw or any(s.name == raw["name"] for s in stages):
@@ -67,8 +79,42 @@ def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
         if stage.init_from is not _PREVIOUS and stage.init_from is not None:
             if not any(s.name == stage.init_from and s.fit for s in stages):
                 raise ValueError(f"{where} ({stage.name}): init_from {stage.init_from!r} is not an earlier fit stage")
+        if stage.with_previous:
+            if not stages:
+                raise ValueError(f"{where} ({stage.name}): the first stage has no previous stage to run with")
+            beside = [s.name for s in _groups(stages)[-1]]
+            feeding = sorted(set(beside) & _inputs(stage, stages))
+            if feeding:
+                raise ValueError(f"{where} ({stage.name}): runs with_previous but starts from {feeding}")
         stages.append(stage)
     return Path(cfg["run_dir"]), stages
+
+
+def _source(stage: Stage, earlier: list[Stage]) -> str | None:
+    """The fit stage whose export a fit `stage` starts from, if any."""
+    if stage.init_from is not _PREVIOUS:
+        return stage.init_from  # type: ignore[return-value]
+    fits = [s.name for s in earlier if s.fit]
+    return fits[-1] if fits else None
+
+
+def _inputs(stage: Stage, earlier: list[Stage]) -> set[str]:
+    """Names of the `earlier` stages whose outputs `stage` reads."""
+    text = " ".join(map(str, [*stage.command, *stage.overrides.values()]))
+    used = {s.name for s in earlier if "{" + s.name + "}" in text}
+    source = _source(stage, earlier) if stage.fit else None
+    return used | ({source} if source else set())
+
+
+def _groups(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive stages that run at the same time: a stage and the `with_previous` ones after it."""
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        if stage.with_previous:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
 
 
 def stage_args(stage: Stage, stages: list[Stage], run: Path) -> list[str]:
@@ -82,24 +128,29 @@ def stage_args(stage: Stage, stages: list[Stage], run: Path) -> list[str]:
     logger = (OmegaConf.to_container(OmegaConf.load(stage.fit)).get("trainer") or {}).get("logger")
     if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
         args.append(f"--trainer.logger.init_args.save_dir={run / stage.name}")  # logs beside the export
-    source = stage.init_from
-    if source is _PREVIOUS:
-        earlier = [s for s in stages[: stages.index(stage)] if s.fit]
-        source = earlier[-1].name if earlier else None
+    source = _source(stage, stages[: stages.index(stage)])
     if source is not None:
         args.append(f"--model.init_args.init_from={names[source]}")
     args += [f"--{k}={fill(v)}" for k, v in stage.overrides.items()]
     return args
 
 
-def run_in_subprocess(args: list[str]) -> None:
-    """Each stage in a fresh process: its memory is returned, and a crash stops the pipeline."""
-    subprocess.run([sys.executable, "-m", "lit_caprl.cli", *args], check=True)
+def run_in_subprocess(args: list[str], threads: int | None = None, log: Path | None = None) -> None:
+    """Each stage in a fresh process: its memory is returned, and a crash stops the pipeline.
+    `threads` caps its CPU threads; `log` takes its output instead of the console."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    if log is None:
+        subprocess.run([sys.executable, "-m", "lit_caprl.cli", *args], check=True, env=env)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        subprocess.run([sys.executable, "-m", "lit_caprl.cli", *args], check=True, env=env, stdout=out, stderr=out)
 
 
-def run_pipeline(
-    path: str | Path, force: str | None = None, runner: Callable[[list[str]], None] = run_in_subprocess
-) -> Path:
+Runner = Callable[[list[str], int | None, Path | None], None]
+
+
+def run_pipeline(path: str | Path, force: str | None = None, runner: Runner = run_in_subprocess) -> Path:
     run, stages = load_pipeline(path)
     names = [s.name for s in stages]
     if force is not None and force not in names:
@@ -108,22 +159,47 @@ def run_pipeline(
     timings_file = run / "stages.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     redo = set(names[names.index(force) :]) if force else set()
-    for stage in stages:
-        out = stage.output(run)
-        if stage.name in redo and out.exists():
-            shutil.rmtree(out)
-        if out.exists():
-            print(f"== {stage.name}: done ({out}), skipped", flush=True)
-            continue
-        args = stage_args(stage, stages, run)
-        print(f"== {stage.name}: lit-caprl {' '.join(args)}", flush=True)
-        start = time.perf_counter()
-        runner(args)
-        if not out.exists():
-            raise RuntimeError(f"stage {stage.name} finished without writing its output {out}")
-        timings[stage.name] = {"wall_s": round(time.perf_counter() - start, 1)}
-        tmp = timings_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(timings, indent=2))
-        tmp.replace(timings_file)
-        print(f"== {stage.name}: {timings[stage.name]['wall_s']} s", flush=True)
+    for group in _groups(stages):
+        todo = []
+        for stage in group:
+            out = stage.output(run)
+            if stage.name in redo and out.exists():
+                shutil.rmtree(out)
+            if out.exists():
+                print(f"== {stage.name}: done ({out}), skipped", flush=True)
+            else:
+                todo.append(stage)
+        failed = []
+        if len(todo) == 1:
+            timings[todo[0].name] = _run_stage(todo[0], stages, run, runner)
+        elif todo:
+            threads = max(1, len(os.sched_getaffinity(0)) // len(todo))
+            with ThreadPoolExecutor(len(todo)) as pool:
+                futures = {s.name: pool.submit(_run_stage, s, stages, run, runner, threads) for s in todo}
+            failed = [f.exception() for f in futures.values() if f.exception()]
+            timings.update({name: f.result() for name, f in futures.items() if not f.exception()})
+        _write_json(timings_file, timings)
+        if failed:
+            raise failed[0]  # once every stage beside it has stopped, keeping what they wrote
     return run
+
+
+def _run_stage(stage: Stage, stages: list[Stage], run: Path, runner: Runner, threads: int | None = None) -> dict:
+    """Run one stage (its output to `{run}/logs/NAME.log` when it runs beside others); its wall time."""
+    args = stage_args(stage, stages, run)
+    log = run / "logs" / f"{stage.name}.log" if threads else None
+    beside = f" ({threads} thread(s), output in {log})" if log else ""
+    print(f"== {stage.name}: lit-caprl {' '.join(args)}{beside}", flush=True)
+    start = time.perf_counter()
+    runner(args, threads, log)
+    if not stage.output(run).exists():
+        raise RuntimeError(f"stage {stage.name} finished without writing its output {stage.output(run)}")
+    wall = round(time.perf_counter() - start, 1)
+    print(f"== {stage.name}: {wall} s", flush=True)
+    return {"wall_s": wall}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

@@ -1,5 +1,7 @@
 """Pipeline files: every stage parses; finished stages are skipped; --force redoes a stage and the rest."""
 
+import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -45,15 +47,17 @@ class FakeRunner:
     """Records the stages it runs and writes the output a real stage would."""
 
     def __init__(self, run: Path) -> None:
-        self.run, self.calls = run, []
+        self.run, self.calls, self.threads = run, [], {}
 
-    def __call__(self, args: list[str]) -> None:
+    def __call__(self, args: list[str], threads: int | None = None, log: Path | None = None) -> None:
         self.calls.append(args)
         if args[0] == "fit":
-            root = next(a.split("=", 1)[1] for a in args if a.startswith("--trainer.default_root_dir="))
-            (Path(root) / "export").mkdir(parents=True)
+            out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--trainer.default_root_dir=")))
+            (out / "export").mkdir(parents=True)
         else:
-            Path(args[args.index("--out") + 1]).mkdir(parents=True)
+            out = Path(args[args.index("--out") + 1])
+            out.mkdir(parents=True)
+        self.threads[out.name] = threads, log
 
 
 def test_stages_chain_skip_and_force(tmp_path):
@@ -84,7 +88,7 @@ def test_a_half_finished_run_continues_where_it_stopped(tmp_path):
     f = _pipeline(tmp_path)
     run = tmp_path / "run"
 
-    def dies_in_rl(args):
+    def dies_in_rl(args, threads=None, log=None):
         if str(tmp_path / "rl.yaml") in args:
             raise RuntimeError("killed")
         FakeRunner(run)(args)
@@ -106,3 +110,67 @@ def test_bad_pipeline_files_are_named(tmp_path):
         load_pipeline(f)
     with pytest.raises(ValueError, match="no such stage"):
         run_pipeline(_pipeline(tmp_path), force="nope", runner=FakeRunner(tmp_path))
+
+
+def _side_by_side(tmp_path: Path) -> Path:
+    sft = tmp_path / "sft.yaml"
+    sft.write_text("trainer:\n  logger: false\n")
+    f = tmp_path / "p.yaml"
+    f.write_text(f"""
+run_dir: {tmp_path / "run"}
+stages:
+  - {{name: data, command: [data, shapes, --out, "{{out}}"]}}
+  - {{name: reader, fit: {sft}, init_from: null, overrides: {{data.init_args.root: "{{data}}"}}}}
+  - {{name: captioner, fit: {sft}, init_from: null, with_previous: true, overrides: {{data.root: "{{data}}"}}}}
+  - {{name: rl, fit: {sft}, init_from: captioner, overrides: {{reward: "{{reader}}"}}}}
+""")
+    return f
+
+
+def test_stages_side_by_side_run_at_once_on_shared_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    run = tmp_path / "run"
+    together = threading.Barrier(2, timeout=10)  # breaks unless reader and captioner overlap
+    fake = FakeRunner(run)
+
+    def runner(args, threads=None, log=None):
+        if threads:
+            together.wait()
+        fake(args, threads, log)
+
+    run_pipeline(_side_by_side(tmp_path), runner=runner)
+    assert fake.threads["reader"] == (2, run / "logs/reader.log")
+    assert fake.threads["captioner"] == (2, run / "logs/captioner.log")
+    assert fake.threads["data"] == fake.threads["rl"] == (None, None)  # alone: every core, the console
+    assert set(json.loads((run / "stages.json").read_text())) == {"data", "reader", "captioner", "rl"}
+
+
+def test_a_failure_beside_another_stage_keeps_the_other(tmp_path):
+    run = tmp_path / "run"
+
+    def reader_dies(args, threads=None, log=None):
+        if f"--trainer.default_root_dir={run / 'reader'}" in args:
+            raise RuntimeError("reader killed")
+        FakeRunner(run)(args)
+
+    with pytest.raises(RuntimeError, match="reader killed"):
+        run_pipeline(_side_by_side(tmp_path), runner=reader_dies)
+    assert (run / "captioner/export").exists() and "captioner" in json.loads((run / "stages.json").read_text())
+    resumed = FakeRunner(run)
+    run_pipeline(_side_by_side(tmp_path), runner=resumed)
+    assert list(resumed.threads) == ["reader", "rl"]  # the captioner is done; the reader runs alone
+
+
+def test_a_stage_cannot_run_beside_one_it_reads(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("run_dir: r\nstages:\n  - {name: a, fit: x.yaml, with_previous: true}\n")
+    with pytest.raises(ValueError, match="first stage has no previous stage"):
+        load_pipeline(f)
+    f.write_text("run_dir: r\nstages:\n  - {name: a, fit: x.yaml}\n  - {name: b, fit: x.yaml, with_previous: true}\n")
+    with pytest.raises(ValueError, match=r"\(b\): runs with_previous but starts from \['a'\]"):
+        load_pipeline(f)  # a fit stage starts from the previous fit stage unless init_from says otherwise
+    f.write_text(
+        "run_dir: r\nstages:\n  - {name: a, command: [x]}\n  - {name: b, command: [y, '{a}'], with_previous: true}\n"
+    )
+    with pytest.raises(ValueError, match=r"starts from \['a'\]"):
+        load_pipeline(f)
