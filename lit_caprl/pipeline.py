@@ -30,6 +30,7 @@ pipeline stops once the others have finished, keeping what they wrote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -139,11 +140,9 @@ def run_in_subprocess(args: list[str], threads: int | None = None, log: Path | N
     """Each stage in a fresh process: its memory is returned, and a crash stops the pipeline.
     `threads` caps its CPU threads; `log` takes its output instead of the console."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    if log is None:
-        subprocess.run([sys.executable, "-m", "lit_caprl.cli", *args], check=True, env=env)
-        return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") if log is not None else contextlib.nullcontext() as out:
         subprocess.run([sys.executable, "-m", "lit_caprl.cli", *args], check=True, env=env, stdout=out, stderr=out)
 
 
