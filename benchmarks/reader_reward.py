@@ -95,7 +95,9 @@ def main() -> None:
         "logprob_std": lp_std,
         "sample_std": s_std,
     }
-    print(f"{len(captions)} captions ({result['policy']}), {result['distinct_captions']} distinct per image")
+    print(
+        f"{len(captions)} captions ({result['policy']}), {result['distinct_captions']} distinct (caption, image) pairs"
+    )
     print(f"logprob: {lp_qps:8.1f} questions/s   reward std across calls {lp_std:.4f}")
     print(f"sample:  {s_qps:8.1f} questions/s   reward std across calls {s_std:.4f}")
     print(f"ratio logprob/sample: {lp_qps / s_qps:.2f}x")
