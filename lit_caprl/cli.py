@@ -19,7 +19,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-ANSWER_FORMAT_HELP = "how the reader (and VLM) answer MCQs: the format they were trained in (see lit_caprl.mcq)"
+ANSWER_FORMAT_HELP = (
+    "how the reader (and VLM) answer MCQs (see lit_caprl.mcq); default: the format their export records, else letter"
+)
 
 
 class CapRLCLI(LightningCLI):
@@ -83,7 +85,7 @@ def _data(argv: list[str]) -> int:
 def _eval(argv: list[str]) -> int:
     import json
 
-    from lit_caprl import evaluate
+    from lit_caprl import evaluate, mcq
     from lit_caprl.data.schema import load_records
     from lit_caprl.models.loading import load_model
 
@@ -96,7 +98,7 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--n", type=int, default=300, help="records to evaluate")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (MCQ draws)")
     p.add_argument("--out", help="also write the result as JSON here")
-    p.add_argument("--answer-format", default="letter", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
+    p.add_argument("--answer-format", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
     records = evaluate.sample_records(load_records(a.data)[0], a.n, seed=0)
     result: dict = {"n": len(records)}
@@ -106,7 +108,8 @@ def _eval(argv: list[str]) -> int:
         result["policy"] = evaluate.caption_fidelity(captions, records)
         result["examples"] = captions[:3]
     if a.reader:
-        result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records, a.answer_format)
+        answer_format = mcq.resolve_format(a.reader, a.answer_format)
+        result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records, answer_format)
         judge = evaluate.utility_judge(a.reader, a.answer_format)
         gold = [r.captions[0] for r in records]
         result["utility"] = {"gold": evaluate.caption_utility(judge, gold, records, a.seeds)}
@@ -146,7 +149,7 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--stages", help="stages.json with wall times (written by `lit-caprl pipeline`)")
     p.add_argument("--out", required=True, help="directory for report.json, report.md, report.png")
     p.add_argument("--wandb-project", help="also log the report to this W&B project (as an artifact)")
-    p.add_argument("--answer-format", default="letter", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
+    p.add_argument("--answer-format", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
     policies = dict(item.split("=", 1) for item in a.policy)
     rows = report.evaluate_rows(a.data, a.reader, policies, a.n, a.seeds, a.answer_format)
@@ -173,7 +176,7 @@ def _curate(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="directory for curated.jsonl and stats.json")
     p.add_argument("--tau-v", type=float, default=0.75, help="keep if visual accuracy > this")
     p.add_argument("--tau-b", type=float, default=0.25, help="... and blind accuracy < this")
-    p.add_argument("--answer-format", default="letter", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
+    p.add_argument("--answer-format", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
     curate(a.data, a.vlm, a.reader, a.out, a.tau_v, a.tau_b, a.answer_format)
     return 0

@@ -72,15 +72,17 @@ def curate(
     out: str,
     tau_v: float = 0.75,
     tau_b: float = 0.25,
-    answer_format: mcq.AnswerFormat = "letter",
+    answer_format: mcq.AnswerFormat | None = None,
 ) -> dict:
     """Filter `data`'s MCQs; write the kept records (`out/curated.jsonl`, images linked) and
     `out/stats.json` (counts overall and per question type), atomically. Records left with
-    no question are dropped and counted. Both models are asked in `answer_format`."""
+    no question are dropped and counted. Each model is asked in `answer_format`, by default
+    the one its export records (`mcq.resolve_format`)."""
     records, _ = load_records(data)
     with torch.no_grad():
-        visual = rotation_accuracy(load_model(vlm), records, visual=True, answer_format=answer_format)
-        blind = rotation_accuracy(load_model(reader), records, visual=False, answer_format=answer_format)
+        visual_format, blind_format = mcq.resolve_format(vlm, answer_format), mcq.resolve_format(reader, answer_format)
+        visual = rotation_accuracy(load_model(vlm), records, visual=True, answer_format=visual_format)
+        blind = rotation_accuracy(load_model(reader), records, visual=False, answer_format=blind_format)
     by_type: dict[str, dict[str, float]] = defaultdict(lambda: {"n": 0, "kept": 0, "visual": 0.0, "blind": 0.0})
     kept_records, dropped = [], 0
     for r, vis, bl in zip(records, visual, blind, strict=True):

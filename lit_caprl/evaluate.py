@@ -81,7 +81,7 @@ def reader_accuracy(
     return {"accuracy": sum(correct) / len(correct), "cannot_answer_accuracy": sum(cannot) / max(len(cannot), 1)}
 
 
-def utility_judge(reader: str, answer_format: mcq.AnswerFormat = "letter") -> CapRLQAReward:
+def utility_judge(reader: str, answer_format: mcq.AnswerFormat | None = None) -> CapRLQAReward:
     """The reader as an evaluator: 4 seeded MCQ draws per image (as many as the GRPO reward asks),
     scored by argmax (right or wrong); `caption_utility` averages several seeds."""
     return CapRLQAReward(

@@ -9,12 +9,17 @@
   of training, and near-perfectly on one-object scenes within 30 s in cloze format.
 
 The reward, reader evaluation and QA curation all score options through `option_logits`,
-so every consumer of a reader asks it the same way it was trained.
+so every consumer of a reader asks it the same way it was trained. A model trained to answer
+MCQs records its format in its export (`lit_caprl.json`, written by `HFExport`), and
+`resolve_format` makes every consumer ask in it: a reader asked in the other format scores
+near chance, and nothing else would say so.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
@@ -26,11 +31,46 @@ from lit_caprl.models.adapter import VLMAdapter
 
 AnswerFormat = Literal["letter", "cloze"]
 FORMATS = get_args(AnswerFormat)
+EXPORT_RECORD = "lit_caprl.json"  # beside an export's weights: {"answer_format": ...}
 
 
 def check_format(answer_format: str) -> None:
     if answer_format not in FORMATS:
         raise ValueError(f"answer_format must be one of {FORMATS}, got {answer_format!r}")
+
+
+def recorded_format(model: str | Path) -> AnswerFormat | None:
+    """The answer format `model`'s export records (see `EXPORT_RECORD`), or None: a Hub id, a
+    checkpoint, or an export of a model that was never taught a format."""
+    path = Path(model) / EXPORT_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    answer_format = record.get("answer_format")
+    if answer_format is not None and answer_format not in FORMATS:
+        raise ValueError(f"{path}: field answer_format must be one of {FORMATS}, got {answer_format!r}")
+    return answer_format
+
+
+def resolve_format(model: str | Path, answer_format: AnswerFormat | None = None) -> AnswerFormat:
+    """The format to ask `model` in: `answer_format` if given, else the one its export records,
+    else "letter" (CapRL's, how an instruct model from the Hub is asked). Asking a model in
+    another format than the one it records is an error."""
+    recorded = recorded_format(model)
+    if answer_format is None:
+        return recorded or "letter"
+    check_format(answer_format)
+    if recorded is not None and answer_format != recorded:
+        raise ValueError(
+            f"{model} was trained to answer in the {recorded!r} format ({Path(model) / EXPORT_RECORD}) "
+            f"but is asked in {answer_format!r}; set answer_format to {recorded!r} or leave it out"
+        )
+    return answer_format
 
 
 def answer_text(options: list[str], correct: int, answer_format: AnswerFormat) -> str:

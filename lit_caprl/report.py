@@ -21,7 +21,7 @@ def evaluate_rows(
     policies: dict[str, str],
     n: int = 500,
     seeds=(0, 1, 2),
-    answer_format: mcq.AnswerFormat = "letter",
+    answer_format: mcq.AnswerFormat | None = None,
 ) -> dict:
     """Greedy captions of each policy on `n` held-out records, scored by the frozen reader,
     plus the gold captions (the ceiling of utility) and, for scale, the empty caption."""
@@ -39,11 +39,11 @@ def evaluate_rows(
 
 
 def reader_quality(
-    data: str, reader: str, n: int = 500, answer_format: mcq.AnswerFormat = "letter"
+    data: str, reader: str, n: int = 500, answer_format: mcq.AnswerFormat | None = None
 ) -> dict[str, float]:
     """The judge's own held-out accuracy: utility numbers mean little when this is low."""
     records = evaluate.sample_records(load_records(data)[0], n, seed=0)
-    return evaluate.reader_accuracy(load_model(reader), records, answer_format)
+    return evaluate.reader_accuracy(load_model(reader), records, mcq.resolve_format(reader, answer_format))
 
 
 MIN_GAP = 0.02  # below this, gold vs start is within evaluation noise: no headroom to speak of

@@ -100,6 +100,18 @@ def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, recor
         assert torch.allclose(got[i], want, atol=1e-4)
 
 
+def test_answer_format_defaults_to_letter_and_a_bad_record_names_file_and_field(tmp_path):
+    assert mcq.resolve_format("Qwen/Qwen2.5-3B-Instruct") == "letter"  # a Hub id records nothing
+    assert mcq.resolve_format(tmp_path, "cloze") == "cloze"
+    record = tmp_path / mcq.EXPORT_RECORD
+    record.write_text('{"answer_format": "essay"}')
+    with pytest.raises(ValueError, match=r"lit_caprl.json: field answer_format must be one of"):
+        mcq.resolve_format(tmp_path)
+    record.write_text('{"answer_format": ')
+    with pytest.raises(ValueError, match=r"lit_caprl.json: not valid JSON"):
+        mcq.resolve_format(tmp_path)
+
+
 def test_reader_is_frozen(tiny_models):
     reward = CapRLQAReward(tiny_models["qwen2"])
     reward.train()

@@ -7,9 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from lit_caprl import mcq
 from lit_caprl.callbacks import HFExport
 from lit_caprl.data import ShapesCaptionData, ShapesReaderData
 from lit_caprl.models.loading import load_model
+from lit_caprl.rewards import CapRLQAReward
 from lit_caprl.stages import SFTStage
 
 
@@ -74,6 +76,7 @@ def test_export_round_trips_with_identical_logits(tiny_models, shapes_root, tmp_
     out = tmp_path / "export"
     _fit(module, ShapesCaptionData(shapes_root, batch_size=4), 3, tmp_path, [HFExport(str(out))])
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
+    assert not (out / mcq.EXPORT_RECORD).exists()  # a captioner learns no answer format
     reloaded = load_model(str(out)).model  # from_pretrained, with the attention the stage used
     module.policy.eval()
     data = ShapesCaptionData(shapes_root, batch_size=4)
@@ -83,6 +86,16 @@ def test_export_round_trips_with_identical_logits(tiny_models, shapes_root, tmp_
     kwargs = module.adapter._forward_kwargs(prompts, targets.ids, targets.mask)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**kwargs).logits, module.policy(**kwargs).logits, rtol=0, atol=0)
+
+
+def test_reader_export_records_its_answer_format_and_the_reward_asks_in_it(tiny_models, shapes_root, tmp_path):
+    out = tmp_path / "export"
+    data = ShapesReaderData(shapes_root, batch_size=8, answer_format="cloze")
+    _fit(SFTStage(tiny_models["qwen2"]), data, 1, tmp_path, [HFExport(str(out))])
+    assert mcq.recorded_format(out) == "cloze"
+    assert CapRLQAReward(str(out)).answer_format == "cloze"
+    with pytest.raises(ValueError, match=r"trained to answer in the 'cloze' format \(.*lit_caprl.json\) but is asked"):
+        CapRLQAReward(str(out), answer_format="letter")
 
 
 def test_init_from_loads_weights_not_hyperparameters(tiny_models, shapes_root, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -9,17 +10,23 @@ import torch
 from peft import PeftModel
 
 from lit_caprl.io import atomic_dir
+from lit_caprl.mcq import EXPORT_RECORD
 from lit_caprl.models.lora import merged_copy
 from lit_caprl.models.sharding import full_state_dict, is_sharded
 
 
-def save_export(model: torch.nn.Module, processor, out: str | Path, state_dict: dict | None = None) -> Path:
+def save_export(
+    model: torch.nn.Module, processor, out: str | Path, state_dict: dict | None = None, record: dict | None = None
+) -> Path:
     """Safetensors weights + processor/tokenizer, written atomically: a crash never leaves a
     half-written export where a later stage would take it as done. `state_dict` carries the
-    consolidated weights of a sharded model."""
+    consolidated weights of a sharded model; `record` (e.g. the MCQ answer format the model
+    learned) goes to `lit_caprl.json` beside them."""
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
         processor.save_pretrained(tmp)
+        if record:
+            (Path(tmp) / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return Path(out)
 
 
@@ -30,7 +37,8 @@ class HFExport(L.Callback):
     An FSDP2-sharded policy is gathered on every rank, then rank 0 alone writes it. A LoRA
     policy is exported with its adapters merged into the weights (a plain model, the default),
     or with `merge_lora: false` as the adapters alone, which `init_from` also accepts (the only
-    choice for a sharded LoRA policy).
+    choice for a sharded LoRA policy). A model trained on a DataModule with an `answer_format`
+    (reader and VLM MCQ SFT) records it, so the reward, `eval` and `curate` ask it that way.
     """
 
     def __init__(self, dirpath: str | None = None, merge_lora: bool = True) -> None:
@@ -46,5 +54,7 @@ class HFExport(L.Callback):
             if isinstance(model, PeftModel) and self.merge_lora:
                 model = merged_copy(model)
             out = self.dirpath or Path(trainer.default_root_dir) / "export"
-            save_export(model, pl_module.adapter.processor, out, state)
+            answer_format = getattr(trainer.datamodule, "answer_format", None)
+            record = {"answer_format": answer_format} if answer_format else None
+            save_export(model, pl_module.adapter.processor, out, state, record)
         trainer.strategy.barrier("hf_export")

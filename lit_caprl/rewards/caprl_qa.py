@@ -17,7 +17,8 @@ Two scoring modes:
   GRPO group's identical samples) once.
 
 The reader answers with a letter (`answer_format="letter"`, CapRL's format) or with the
-option's text (`"cloze"`, what small readers learn fast); see `lit_caprl.mcq`.
+option's text (`"cloze"`, what small readers learn fast); see `lit_caprl.mcq`. By default it is
+asked in the format its export records, else in letters.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class CapRLQAReward(FrozenReward):
         mode: Literal["logprob", "sample"] = "logprob",
         score: Literal["prob", "argmax"] = "prob",
         rotations: bool = True,
-        answer_format: mcq.AnswerFormat = "letter",
+        answer_format: mcq.AnswerFormat | None = None,
         temperature: float = 0.6,
         max_new_tokens: int = 10,
         scale: float = 1.0,
@@ -65,7 +66,7 @@ class CapRLQAReward(FrozenReward):
         super().__init__()
         if mode not in ("logprob", "sample") or score not in ("prob", "argmax"):
             raise ValueError(f"mode must be logprob|sample and score prob|argmax, got {mode!r}, {score!r}")
-        mcq.check_format(answer_format)
+        answer_format = mcq.resolve_format(reader, answer_format)
         self.adapter = load_model(reader, dtype)
         self.reader = freeze(self.adapter.model)
         self.num_draws, self.mode, self.score, self.rotations = num_draws, mode, score, rotations
