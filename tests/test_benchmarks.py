@@ -17,6 +17,17 @@ def test_reader_reward_benchmark_quick(tmp_path):
     assert result["logprob_std"] == 0.0
 
 
+def test_reader_reward_length_sweep_quick(tmp_path):
+    out = tmp_path / "rr.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/reader_reward.py"), "--quick", "--caption-words", "8", "32",
+                    "--out", str(out)], check=True, timeout=300)  # fmt: skip
+    rows = json.loads(out.read_text())["lengths"]
+    assert [r["caption_words"] for r in rows] == [8, 32]
+    assert rows[0]["prompt_tokens"] < rows[1]["prompt_tokens"]
+    for r in rows:
+        assert r["logprob_qps"] > 0 and r["sample_1_token_qps"] > 0 and r["sample_10_tokens_qps"] > 0
+
+
 def test_grpo_vs_trl_benchmark_quick(tmp_path):
     out = tmp_path / "g.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks/grpo_vs_trl.py"), "--quick", "--out", str(out)],
