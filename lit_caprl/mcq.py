@@ -27,7 +27,7 @@ from torch import Tensor
 
 from lit_caprl.data import prompts
 from lit_caprl.data.schema import LETTERS
-from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.models.adapter import PromptBatch, TextCache, VLMAdapter
 
 AnswerFormat = Literal["letter", "cloze"]
 FORMATS = get_args(AnswerFormat)
@@ -149,11 +149,10 @@ def _whole_prompt_scores(adapter, texts, images, padded, width, letter_ids) -> T
     return (logp * comps.mask).sum(-1).view(len(batch), width)
 
 
-def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> Tensor:
-    """Three passes on one growing KV cache: each run's shared prefix, each prompt's own tail
-    (left-padded, so every row ends at its answer position), then (cloze) all its options
-    side by side."""
-    device = adapter.model.device
+def _shared_prefixes(adapter: VLMAdapter, texts: list[str], group: int) -> tuple[TextCache, Tensor, list[list[int]]]:
+    """Each run of `group` prompts' common token prefix, encoded once. Returns its keys/values
+    repeated for every prompt of the run, the prefix's token ids per prompt (left-padded), and
+    each prompt's remaining tokens (at least one)."""
     rows = adapter.tokenizer(texts, add_special_tokens=False)["input_ids"]
     prefixes, tails, owner = [], [], []
     for g in range(0, len(rows), group):
@@ -164,13 +163,50 @@ def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> T
         tails += [r[n:] for r in run]
     if min(len(p) for p in prefixes) == 0:
         raise ValueError("a prompt of a single token has no prefix to share; prompts end in the answer prefix")
-    _, past = adapter.extend(*_left_padded(adapter, prefixes))
-    answer, past = adapter.extend(*_left_padded(adapter, tails), past.select(torch.tensor(owner, device=device)))
+    ids, mask = _left_padded(adapter, prefixes)
+    _, past = adapter.extend(ids, mask)
+    index = torch.tensor(owner, device=ids.device)
+    return past.select(index), ids[index], tails
+
+
+def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> Tensor:
+    """Three passes on one growing KV cache: each run's shared prefix, each prompt's own tail
+    (left-padded, so every row ends at its answer position), then (cloze) all its options
+    side by side."""
+    device = adapter.model.device
+    past, _, tails = _shared_prefixes(adapter, texts, group)
+    answer, past = adapter.extend(*_left_padded(adapter, tails), past)
     if letter_ids is not None:
         return answer[:, letter_ids]
     comps = adapter.encode_completions(padded).to(device)
-    ids, mask = comps.ids.view(len(rows), width, -1), comps.mask.view(len(rows), width, -1)
+    ids, mask = comps.ids.view(len(texts), width, -1), comps.mask.view(len(texts), width, -1)
     return adapter.branch_logprobs(ids, mask, past, answer).sum(-1)  # every option of a prompt, side by side
+
+
+@torch.no_grad()
+def sample_answers(
+    adapter: VLMAdapter,
+    texts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int = 128,
+    group: int = 1,
+) -> list[str]:
+    """What a text-only model writes after each rendered prompt, sampled at `temperature` (0:
+    greedy). As in `option_logits`, runs of `group` prompts that share a beginning encode it
+    once, and generation continues from its cache: what vLLM's prefix caching does for
+    CapRL's reward server, where a caption's questions repeat the instructions and caption."""
+    if adapter.mrope:
+        raise ValueError("sample_answers() is for text-only readers; Qwen-VL positions depend on the images")
+    out = []
+    step = max(1, batch_size // group) * group
+    for s in range(0, len(texts), step):
+        past, prefix_ids, tails = _shared_prefixes(adapter, texts[s : s + step], group)
+        tail_ids, tail_mask = _left_padded(adapter, tails)
+        batch = PromptBatch(torch.cat([prefix_ids, tail_ids], 1), torch.cat([past.mask, tail_mask], 1))
+        sampling = dict(temperature=temperature, do_sample=True) if temperature > 0 else dict(do_sample=False)
+        out += adapter.decode(adapter.generate(batch, max_new_tokens, past=past, **sampling))
+    return out
 
 
 def _left_padded(adapter: VLMAdapter, rows: list[list[int]]) -> tuple[Tensor, Tensor]:

@@ -100,6 +100,25 @@ def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, recor
         assert torch.allclose(got[i], want, atol=1e-4)
 
 
+@pytest.mark.parametrize("group", [1, 4, 6])
+def test_shared_prefix_sampling_draws_what_whole_prompts_draw(tiny_models, records, group):
+    """`sample` mode continues from the shared prefix's cache. Under one seed it writes exactly
+    what `generate` writes from the whole, left-padded prompts: the same distributions
+    (group 6: runs straddle captions)."""
+    reader = load_model(tiny_models["qwen2"])
+    texts = []
+    for r in records[:3]:
+        for q in r.questions[:2]:
+            for options in [list(q.options), list(reversed(q.options))]:
+                body = prompts.reader_question(r.captions[0], q.question, options, "letter")
+                texts.append(reader.chat(body, False, prompts.ANSWER_PREFIX))
+    torch.manual_seed(0)
+    got = mcq.sample_answers(reader, texts, max_new_tokens=6, temperature=1.0, batch_size=len(texts), group=group)
+    torch.manual_seed(0)
+    want = reader.decode(reader.generate(reader.encode_prompts(texts), 6, temperature=1.0))
+    assert got == want and len(set(want)) > len(want) // 2  # varied answers, not one repeated
+
+
 def test_answer_format_defaults_to_letter_and_a_bad_record_names_file_and_field(tmp_path):
     assert mcq.resolve_format("Qwen/Qwen2.5-3B-Instruct") == "letter"  # a Hub id records nothing
     assert mcq.resolve_format(tmp_path, "cloze") == "cloze"

@@ -317,6 +317,7 @@ class VLMAdapter:
         top_p: float = 1.0,
         do_sample: bool = True,
         group: int = 1,
+        past: TextCache | None = None,
     ) -> Completions:
         """Sample completions under `no_grad` (not `inference_mode`: their tensors later enter
         a training forward). Tokens that would break a forward pass (image, pad) are suppressed.
@@ -326,7 +327,10 @@ class VLMAdapter:
         rank is done, instead of leaving them hanging.
 
         `group=G` (rows in runs of G with the same prompt): each prompt and image is encoded once
-        and its KV cache repeated G times; decoding then continues from that cache."""
+        and its KV cache repeated G times; decoding then continues from that cache.
+
+        `past` (text only): the keys/values of each row's first columns, already computed (see
+        `mcq.sample_answers`); generation encodes only the rest of the prompt."""
         if self.mrope:
             self.base.model.rope_deltas = None
         kwargs = self._forward_kwargs(batch, batch.input_ids[:, :0], batch.attention_mask[:, :0])
@@ -336,6 +340,8 @@ class VLMAdapter:
         with root_unsharded(self.model):
             if group > 1:
                 kwargs = self._prefill_groups(batch, kwargs, group)
+            if past is not None:
+                kwargs["past_key_values"] = past.kv
             out = self.model.generate(
                 **kwargs,
                 max_new_tokens=max_new_tokens,

@@ -6,11 +6,11 @@ is the mean score over draws (times `scale`). Draws are seeded by (seed, image i
 every caption of one image at one step faces the same questions, so a GRPO group is
 compared on equal terms and a repeated call gives the same draws.
 
-Two scoring modes:
+Two scoring modes; in both, the instructions and the caption, shared by a caption's
+questions, are encoded once per caption:
 - `sample`: CapRL's own. The reader generates up to `max_new_tokens` at `temperature`; the
   option its output picks scores 1 if correct, else 0.
-- `logprob`: exact. The reader's distribution over the options (one forward pass; the
-  instructions and caption, shared by a caption's questions, are encoded once) gives
+- `logprob`: exact. The reader's distribution over the options (one forward pass) gives
   P(correct option) (`score="prob"`) or whether it ranks first (`score="argmax"`), averaged
   over every cyclic rotation of the options (`rotations=True`) to cancel the reader's bias
   toward particular positions. Being exact, it scores a caption repeated for one image (a
@@ -120,10 +120,11 @@ class CapRLQAReward(FrozenReward):
                     correct.append(rotated.index(LETTERS.index(q.answer)))
                     owner.append(i)
                     asked.append(q.question)
+        group = len(texts) // len(captions)  # a caption's prompts, which share its instructions and caption
         scores = (
-            self._score_logprob(texts, shown, correct, group=len(texts) // len(captions))
+            self._score_logprob(texts, shown, correct, group)
             if self.mode == "logprob"
-            else self._score_sample(texts, shown, correct)
+            else self._score_sample(texts, shown, correct, group)
         )
         owner_t = torch.tensor(owner)
         sums = torch.zeros(len(captions)).index_add_(0, owner_t, scores)
@@ -136,20 +137,13 @@ class CapRLQAReward(FrozenReward):
         return RewardOutput(rewards, {self.name: rewards}, details)
 
     def _score_logprob(self, texts: list[str], shown: list[list[str]], correct: list[int], group: int) -> torch.Tensor:
-        """A caption's `group` prompts (draws x rotations) share the instructions and the caption,
-        encoded once per caption."""
         logits = mcq.option_logits(self.adapter, texts, shown, self.answer_format, self.batch_size, group=group)
         target = torch.tensor(correct)
         if self.score == "prob":
             return logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
         return (logits.argmax(-1) == target).float()
 
-    def _score_sample(self, texts: list[str], shown: list[list[str]], correct: list[int]) -> torch.Tensor:
-        out = torch.empty(len(texts))
-        for s in range(0, len(texts), self.batch_size):
-            batch = self.adapter.encode_prompts(texts[s : s + self.batch_size]).to(self.adapter.model.device)
-            comps = self.adapter.generate(batch, self.max_new_tokens, temperature=self.temperature)
-            for j, answer in enumerate(self.adapter.decode(comps)):
-                pick = mcq.sampled_choice(answer, shown[s + j], self.answer_format)
-                out[s + j] = float(pick == correct[s + j])
-        return out
+    def _score_sample(self, texts: list[str], shown: list[list[str]], correct: list[int], group: int) -> torch.Tensor:
+        answers = mcq.sample_answers(self.adapter, texts, self.max_new_tokens, self.temperature, self.batch_size, group)
+        picks = [mcq.sampled_choice(a, s, self.answer_format) for a, s in zip(answers, shown, strict=True)]
+        return torch.tensor([float(p == c) for p, c in zip(picks, correct, strict=True)])
