@@ -13,14 +13,13 @@ scores each image's gold caption. With --policy the captions are what GRPO score
 samples per image from that captioner export at temperature 0.7 (grpo.yaml's), where
 `logprob` mode scores a caption sampled twice for one image once.
 
---caption-words sweeps caption length, the one thing that decides the ratio on distinct
-captions: `sample` encodes every question's whole prompt, `logprob` a caption's instructions
-and caption once and then only each question's tail. Each gold caption is lengthened with the
-captions of the following scenes to N words (dense captions run to hundreds of tokens) and
-scored by a random-init "small" reader (hidden 256, 4 layers: matrix multiplies, not per-call
-overhead, set its pace) in the letter format. `sample` is measured at both ends of its cost:
-one new token (the answer letter straight from the prompt pass, the least any reader does)
-and all 10 (CapRL's cap; a random reader never stops early).
+--caption-words sweeps caption length: each gold caption is lengthened with the captions of
+the following scenes to N words (dense captions run to hundreds of tokens) and scored by a
+random-init "small" reader (hidden 256, 4 layers: matrix multiplies, not per-call overhead, set
+its pace) in the letter format. Both modes encode a caption's instructions and caption once;
+what differs is the rest, so `sample` is measured at both ends of its cost: one new token (the
+answer letter, the least any reader writes) and all 10 (CapRL's cap; a random reader never
+stops early).
 Writes benchmarks/results/reader_reward.json (reader_reward_length.json for the sweep).
 """
 
