@@ -192,10 +192,10 @@ def sample_answers(
     batch_size: int = 128,
     group: int = 1,
 ) -> list[str]:
-    """What a text-only model writes after each rendered prompt, sampled at `temperature` (0:
-    greedy). As in `option_logits`, runs of `group` prompts that share a beginning encode it
-    once, and generation continues from its cache: what vLLM's prefix caching does for
-    CapRL's reward server, where a caption's questions repeat the instructions and caption."""
+    """What a text-only model writes after each rendered prompt, sampled at `temperature`.
+    As in `option_logits`, runs of `group` prompts that share a beginning encode it once, and
+    generation continues from its cache: what vLLM's prefix caching does for CapRL's reward
+    server, where a caption's questions repeat the instructions and caption."""
     if adapter.mrope:
         raise ValueError("sample_answers() is for text-only readers; Qwen-VL positions depend on the images")
     out = []
@@ -204,8 +204,7 @@ def sample_answers(
         past, prefix_ids, tails = _shared_prefixes(adapter, texts[s : s + step], group)
         tail_ids, tail_mask = _left_padded(adapter, tails)
         batch = PromptBatch(torch.cat([prefix_ids, tail_ids], 1), torch.cat([past.mask, tail_mask], 1))
-        sampling = dict(temperature=temperature, do_sample=True) if temperature > 0 else dict(do_sample=False)
-        out += adapter.decode(adapter.generate(batch, max_new_tokens, past=past, **sampling))
+        out += adapter.decode(adapter.generate(batch, max_new_tokens, temperature=temperature, past=past))
     return out
 
 
