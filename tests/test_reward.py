@@ -100,12 +100,13 @@ def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, recor
         assert torch.allclose(got[i], want, atol=1e-4)
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("group", [1, 4, 6])
-def test_shared_prefix_sampling_draws_what_whole_prompts_draw(tiny_models, records, group):
+def test_shared_prefix_sampling_draws_what_whole_prompts_draw(tiny_models, records, group, attn):
     """`sample` mode continues from the shared prefix's cache. Under one seed it writes exactly
     what `generate` writes from the whole, left-padded prompts: the same distributions
     (group 6: runs straddle captions)."""
-    reader = load_model(tiny_models["qwen2"])
+    reader = load_model(tiny_models["qwen2"], attn_implementation=attn)
     texts = []
     for r in records[:3]:
         for q in r.questions[:2]:
