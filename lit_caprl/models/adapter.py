@@ -239,13 +239,13 @@ class VLMAdapter:
             completion_positions = (full_mask.long().cumsum(-1) - 1)[:, -length:]
         prompt["use_cache"] = True
         out = self.model(**prompt, logits_to_keep=1)
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_repeat_interleave(group)
         width = unique.input_ids.shape[1]
         mask = torch.cat([unique.attention_mask.repeat_interleave(group, dim=0), completions.mask], dim=1)
         rest = self.model(
             input_ids=completions.ids, attention_mask=mask, position_ids=completion_positions,
-            past_key_values=cache, use_cache=True, logits_to_keep=length,
+            cache=cache, use_cache=True, logits_to_keep=length,
             cache_position=torch.arange(width, width + length, device=mask.device),
         ).logits  # fmt: skip
         first = out.logits[:, -1:].repeat_interleave(group, dim=0)
@@ -263,10 +263,10 @@ class VLMAdapter:
         offset = 0 if past is None else past.mask.shape[1]
         out = self.model(
             input_ids=ids, attention_mask=full, position_ids=start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0),
-            past_key_values=None if past is None else past.kv, use_cache=True, logits_to_keep=1,
+            cache=None if past is None else past.kv, use_cache=True, logits_to_keep=1,
             cache_position=torch.arange(offset, offset + ids.shape[1], device=ids.device),
         )  # fmt: skip
-        return out.logits[:, -1].float(), TextCache(out.past_key_values, full, start + mask.sum(-1))
+        return out.logits[:, -1].float(), TextCache(out.cache, full, start + mask.sum(-1))
 
     def branch_logprobs(self, ids: Tensor, mask: Tensor, past: TextCache, last: Tensor) -> Tensor:
         """Text only: log-probs of several continuations of each of `past`'s rows, in one pass
@@ -293,7 +293,7 @@ class VLMAdapter:
         offset, positions = past.mask.shape[1], past.next_position[:, None] + step
         logits = self.model(
             input_ids=tokens, attention_mask=additive.to(self.model.dtype), position_ids=positions,
-            past_key_values=past.kv, use_cache=True, logits_to_keep=width,
+            cache=past.kv, use_cache=True, logits_to_keep=width,
             cache_position=torch.arange(offset, offset + width, device=device),
         ).logits.float()  # fmt: skip
         # A branch's first token follows the row itself; every later one, the token packed before it.
@@ -341,7 +341,7 @@ class VLMAdapter:
             if group > 1:
                 kwargs = self._prefill_groups(batch, kwargs, group)
             if past is not None:
-                kwargs["past_key_values"] = past.kv
+                kwargs["cache"] = past.kv
             out = self.model.generate(
                 **kwargs,
                 max_new_tokens=max_new_tokens,
@@ -363,11 +363,11 @@ class VLMAdapter:
             if key in prefill:  # left padding: the last column is always a real (text) token
                 prefill[key] = prefill[key][:, :-1]
         prefill["use_cache"] = True
-        cache = self.model(**prefill, logits_to_keep=1).past_key_values
+        cache = self.model(**prefill, logits_to_keep=1).cache
         cache.batch_repeat_interleave(group)
         if self.mrope:
             self.base.model.rope_deltas = self.base.model.rope_deltas.repeat_interleave(group, dim=0)
-        return {k: v for k, v in kwargs.items() if k != "pixel_values"} | {"past_key_values": cache}
+        return {k: v for k, v in kwargs.items() if k != "pixel_values"} | {"cache": cache}
 
     def _suppressed(self) -> list[int]:
         ids = {self.pad_id, self.tokenizer.bos_token_id, self.tokenizer.unk_token_id}
