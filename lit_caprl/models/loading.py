@@ -143,7 +143,7 @@ def load_policy(
 def _finish(adapter: VLMAdapter, lora: LoRA | None, gradient_checkpointing: bool) -> VLMAdapter:
     """Add LoRA adapters and switch on gradient checkpointing (recompute activations in backward)."""
     if gradient_checkpointing:
-        adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        adapter.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if lora is not None:
         adapter = VLMAdapter(add_adapters(adapter.model, lora), adapter.processor)
     return adapter

@@ -137,7 +137,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
     def logprobs(self, adapter: VLMAdapter, prompts: PromptBatch, completions: Completions, temperature: float):
         """Log-probs of whole groups, each prompt encoded once and shared by its G completions
         (not with gradient checkpointing, which drops the KV cache the sharing needs)."""
-        checkpointing = adapter.base.is_gradient_checkpointing and torch.is_grad_enabled()
+        checkpointing = adapter.base.is_activation_checkpointing and torch.is_grad_enabled()
         group = 1 if checkpointing else self.hparams.num_generations
         return adapter.completion_logprobs(prompts, completions, temperature, group=group)
 
