@@ -110,7 +110,7 @@ def _eval(argv: list[str]) -> int:
     if a.reader:
         answer_format = mcq.resolve_format(a.reader, a.answer_format)
         result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records, answer_format)
-        judge = evaluate.utility_judge(a.reader, a.answer_format)
+        judge = evaluate.utility_judge(a.reader, answer_format)
         gold = [r.captions[0] for r in records]
         result["utility"] = {"gold": evaluate.caption_utility(judge, gold, records, a.seeds)}
         result["utility"]["empty"] = evaluate.caption_utility(judge, [""] * len(records), records, a.seeds)
