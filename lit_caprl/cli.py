@@ -4,9 +4,11 @@ lit-caprl fit -c experiments/shapes/captioner_sft.yaml [-c more.yaml] [--model.i
 lit-caprl make-tiny --family qwen2_5_vl --size small --out runs/models/qwen2_5_vl-small
 lit-caprl data shapes --out runs/data/shapes --n 4000 --n-val 500 --seed 0
 lit-caprl data check FILE.jsonl
+lit-caprl data import --format caprl-qa --in CapRL-QA-75K/ --out data/caprl [--val-fraction 0.01] [--skip-bad]
 lit-caprl mine-pairs --config experiments/shapes/mine_pairs.yaml [--min_margin 0.2]
 lit-caprl report --data val.jsonl --reader READER --policy sft=EXPORT --policy grpo=EXPORT --out DIR
 lit-caprl pipeline experiments/shapes/pipeline.yaml [--force grpo]
+lit-caprl caption --model EXPORT --in IMAGES_DIR --out captions.jsonl [--num-captions 4 --temperature 0.7]
 lit-caprl curate --data val.jsonl --vlm VLM_EXPORT --reader READER_EXPORT --out DIR
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+MCQ_FORMATS = ("letter", "cloze", "caprl")  # lit_caprl.mcq.FORMATS, without importing torch for --help
 ANSWER_FORMAT_HELP = (
     "how the reader (and VLM) answer MCQs (see lit_caprl.mcq); default: the format their export records, else letter"
 )
@@ -54,7 +57,10 @@ def _make_tiny(argv: list[str]) -> int:
 
 
 def _data(argv: list[str]) -> int:
+    import json
+
     from lit_caprl.data import schema, shapes
+    from lit_caprl.data.formats import FORMATS
 
     p = argparse.ArgumentParser(prog="lit-caprl data")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -68,9 +74,28 @@ def _data(argv: list[str]) -> int:
     s.add_argument("--leaky", type=float, default=0.0, help="share of scenes with a question answerable blind")
     c = sub.add_parser("check", help="validate JSONL files; print every problem as file:line: field: message")
     c.add_argument("files", nargs="+")
+    i = sub.add_parser("import", help="convert CapRL / verl / captions / Prism-style data into our JSONL + images/")
+    i.add_argument("--format", required=True, choices=FORMATS)
+    i.add_argument("--in", dest="source", required=True, help=".parquet/.json/.jsonl file, directory, glob, or a "
+                   "datasets save_to_disk directory")  # fmt: skip
+    i.add_argument("--out", required=True, help="directory for train.jsonl (val.jsonl), images/, import.json")
+    i.add_argument("--image-root", help="resolve relative image paths here (default: beside each input file)")
+    i.add_argument("--val-fraction", type=float, default=0.0, help="share of records (by id hash) for val.jsonl")
+    i.add_argument("--skip-bad", action="store_true", help="count and list bad rows in import.json instead of stopping")
     a = p.parse_args(argv)
     if a.cmd == "shapes":
         print(shapes.write_dataset(a.out, a.n, a.n_val, a.seed, a.min_objects, a.max_objects, a.leaky))
+        return 0
+    if a.cmd == "import":
+        from lit_caprl.data.importer import import_data
+
+        try:
+            report = import_data(a.source, a.format, a.out, a.image_root, a.val_fraction, a.skip_bad)
+        except schema.DataError as e:
+            print(f"{e}\n(--skip-bad counts such rows in import.json and goes on)", file=sys.stderr)
+            return 1
+        report.pop("skipped_rows")
+        print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
     bad = 0
     for f in a.files:
@@ -98,7 +123,7 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--n", type=int, default=300, help="records to evaluate")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (MCQ draws)")
     p.add_argument("--out", help="also write the result as JSON here")
-    p.add_argument("--answer-format", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
+    p.add_argument("--answer-format", choices=MCQ_FORMATS, help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
     records = evaluate.sample_records(load_records(a.data)[0], a.n, seed=0)
     result: dict = {"n": len(records)}
@@ -149,7 +174,7 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--stages", help="stages.json with wall times (written by `lit-caprl pipeline`)")
     p.add_argument("--out", required=True, help="directory for report.json, report.md, report.png")
     p.add_argument("--wandb-project", help="also log the report to this W&B project (as an artifact)")
-    p.add_argument("--answer-format", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
+    p.add_argument("--answer-format", choices=MCQ_FORMATS, help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
     policies = dict(item.split("=", 1) for item in a.policy)
     rows = report.evaluate_rows(a.data, a.reader, policies, a.n, a.seeds, a.answer_format)
@@ -176,9 +201,43 @@ def _curate(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="directory for curated.jsonl and stats.json")
     p.add_argument("--tau-v", type=float, default=0.75, help="keep if visual accuracy > this")
     p.add_argument("--tau-b", type=float, default=0.25, help="... and blind accuracy < this")
-    p.add_argument("--answer-format", choices=["letter", "cloze"], help=ANSWER_FORMAT_HELP)
+    p.add_argument("--answer-format", choices=MCQ_FORMATS, help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
     curate(a.data, a.vlm, a.reader, a.out, a.tau_v, a.tau_b, a.answer_format)
+    return 0
+
+
+def _caption(argv: list[str]) -> int:
+    from lit_caprl.captioning import caption
+    from lit_caprl.data.formats import FORMATS
+
+    p = argparse.ArgumentParser(prog="lit-caprl caption", description="Caption images with a trained export "
+                                "(JSONL out: id, image, captions; a rerun skips the ids already written).")  # fmt: skip
+    p.add_argument("--model", required=True, help="captioner export (save_pretrained) or peft adapters directory")
+    p.add_argument("--base", help="the base model of adapters (default: the one adapter_config.json names)")
+    p.add_argument("--in", dest="source", required=True, help="a folder of images, a JSONL, or a --format source")
+    p.add_argument("--format", default="jsonl", choices=("jsonl", *FORMATS), help="how to read --in (not a folder)")
+    p.add_argument("--image-root", help="resolve relative image paths of a --format source here")
+    p.add_argument("--out", required=True, help="JSONL file to append captions to")
+    p.add_argument("--num-captions", type=int, default=1, help="captions per image (needs --temperature > 0)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--prompt", default=None, help="the captioning prompt (default: the ShapesWorld one)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="auto", help="devices (ranks) to caption on, as in `fit`")
+    a = p.parse_args(argv)
+    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+
+    devices = int(a.devices) if a.devices.isdigit() else a.devices
+    n = caption(a.source, a.model, a.out, a.format, a.image_root, a.batch_size, a.accelerator, devices,
+                base=a.base, prompt=a.prompt or DEFAULT_CAPTION_PROMPT, num_captions=a.num_captions,
+                max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
+                dtype=a.dtype)  # fmt: skip
+    print(f"captioned {n} images -> {a.out}", file=sys.stderr)
     return 0
 
 
@@ -202,6 +261,7 @@ TOOLS = {
     "mine-pairs": _mine_pairs,
     "report": _report,
     "curate": _curate,
+    "caption": _caption,
     "pipeline": _pipeline,
 }
 

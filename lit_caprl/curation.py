@@ -49,10 +49,11 @@ def rotation_accuracy(
                 if visual:
                     body = prompts.visual_question(q.question, options, answer_format)
                     shown.append(options)
+                    text = adapter.chat(body, True, prompts.answer_prefix(answer_format))
                 else:
-                    body = prompts.reader_question("", q.question, options, answer_format)
-                    shown.append(prompts.shown_options(options))
-                texts.append(adapter.chat(body, visual, prompts.ANSWER_PREFIX))
+                    text, options_shown = mcq.reader_prompt(adapter, "", q.question, options, answer_format)
+                    shown.append(options_shown)
+                texts.append(text)
                 images.append(image)
                 correct.append(right)
                 owner.append((i, k))

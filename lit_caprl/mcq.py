@@ -1,7 +1,9 @@
 """How a language model answers a multiple-choice question, in one of two formulations.
 
 - `letter` (multiple-choice formulation): the options are lettered and the model names a
-  letter. CapRL's own format; large readers such as Qwen2.5-3B-Instruct handle it well.
+  letter, in a terse prompt. Large readers such as Qwen2.5-3B-Instruct handle it well.
+- `caprl`: `letter` asked in CapRL's own prompt (instruction, two worked examples, options
+  "A) ..." one per line; see `data/prompts.py`); a sampled reply's first letter A-I is its answer.
 - `cloze` (cloze formulation, as in lm-eval-harness and OLMES): the model writes the answer
   itself, and each option is scored by the likelihood of its text (plus end of text) after
   the prompt. Small models answer in this format long before they learn to map an answer
@@ -29,8 +31,9 @@ from lit_caprl.data import prompts
 from lit_caprl.data.schema import LETTERS
 from lit_caprl.models.adapter import PromptBatch, TextCache, VLMAdapter
 
-AnswerFormat = Literal["letter", "cloze"]
+AnswerFormat = Literal["letter", "cloze", "caprl"]
 FORMATS = get_args(AnswerFormat)
+LETTER_FORMATS = ("letter", "caprl")  # answered by naming a letter
 EXPORT_RECORD = "lit_caprl.json"  # beside an export's weights: {"answer_format": ...}
 
 
@@ -75,20 +78,31 @@ def resolve_format(model: str | Path, answer_format: AnswerFormat | None = None)
 
 def answer_text(options: list[str], correct: int, answer_format: AnswerFormat) -> str:
     """What the model is trained to write after the answer prefix."""
-    return LETTERS[correct] if answer_format == "letter" else options[correct]
+    return LETTERS[correct] if answer_format in LETTER_FORMATS else options[correct]
 
 
-def option_letter_ids(tokenizer, model_name: str, n: int = 8) -> list[int]:
+def reader_prompt(
+    adapter: VLMAdapter, caption: str, question: str, options: list[str], answer_format: AnswerFormat
+) -> tuple[str, list[str]]:
+    """The one way a reader is asked an MCQ (reward, evaluation, curation): the rendered prompt,
+    ending in the answer prefix, and the options as shown ("cannot answer" last)."""
+    body = prompts.reader_question(caption, question, options, answer_format)
+    text = adapter.chat(body, False, prompts.answer_prefix(answer_format))
+    return text, prompts.shown_options(options, answer_format)
+
+
+def option_letter_ids(tokenizer, model_name: str, n: int = 8, answer_format: AnswerFormat = "letter") -> list[int]:
     """Token ids of the option letters A.. as the model would write them after the answer prefix;
     an error names the model if a letter is not exactly one known token."""
-    prefix = tokenizer(prompts.ANSWER_PREFIX, add_special_tokens=False)["input_ids"]
+    prefix_text = prompts.answer_prefix(answer_format)
+    prefix = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
     ids = []
     for letter in LETTERS[:n]:
-        pieces = tokenizer(f"{prompts.ANSWER_PREFIX} {letter}", add_special_tokens=False)["input_ids"]
+        pieces = tokenizer(f"{prefix_text} {letter}", add_special_tokens=False)["input_ids"]
         if pieces[: len(prefix)] != prefix or len(pieces) != len(prefix) + 1 or pieces[-1] == tokenizer.unk_token_id:
             raise ValueError(
                 f"model {model_name!r}: option letter {letter!r} is not a single token after "
-                f"{prompts.ANSWER_PREFIX!r}; the letter format needs one token per letter"
+                f"{prefix_text!r}; the {answer_format} format needs one token per letter"
             )
         ids.append(pieces[-1])
     return ids
@@ -119,9 +133,9 @@ def option_logits(
     check_format(answer_format)
     width = max(len(o) for o in options)
     out = torch.full((len(texts), width), float("-inf"))
-    letter_ids = (
-        option_letter_ids(adapter.tokenizer, adapter.model.name_or_path, width) if answer_format == "letter" else None
-    )
+    letter_ids = None
+    if answer_format in LETTER_FORMATS:
+        letter_ids = option_letter_ids(adapter.tokenizer, adapter.model.name_or_path, width, answer_format)
     shared = images is None and not adapter.mrope  # Qwen-VL positions depend on images: no cache reuse
     step = max(1, batch_size // group) * group if shared else batch_size
     for s in range(0, len(texts), step):
@@ -221,11 +235,16 @@ def _common_prefix(rows: list[list[int]], limit: int) -> int:
 
 
 def sampled_choice(answer: str, options: list[str], answer_format: AnswerFormat) -> int | None:
-    """The option a generated answer picks, or None: the first standalone option letter
-    (as CapRL parses it), or in cloze format the longest option the answer starts with."""
+    """The option a generated answer picks, or None: the first standalone option letter; in
+    caprl format the first standalone letter A-I (as CapRL parses it: a letter past the options
+    is a wrong answer); in cloze format the longest option the answer starts with."""
     if answer_format == "letter":
         m = re.search(rf"\b([{LETTERS[: len(options)]}])\b", answer)
         return LETTERS.index(m[1]) if m else None
+    if answer_format == "caprl":
+        m = re.search(rf"\b([{LETTERS[: prompts.CAPRL_MAX_OPTIONS]}])\b", answer)
+        pick = LETTERS.index(m[1]) if m else None
+        return pick if pick is not None and pick < len(options) else None
     words = answer.split()
     fits = [j for j, o in enumerate(options) if words[: len(o.split())] == o.split()]
     return max(fits, key=lambda j: len(options[j].split()), default=None)

@@ -27,15 +27,37 @@ def pair_file(shapes_root) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def caprl_qa_parquet(shapes_root) -> Path:
+    """ShapesWorld scenes in CapRL-QA-75K's own columns (labelled choices, embedded image bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records, _ = load_records(Path(shapes_root) / "train.jsonl")
+    rows = [{"id": r.id, "image": {"bytes": r.image.read_bytes(), "path": None}, "data_source": "image_caption_rl",
+             "prompt": [{"role": "user", "content": "<image> Please describe this image in detail."}],
+             "reward_model": {"ground_truth": [{"question": q.question, "answer": q.answer,
+                              "choices": [f"{'ABCD'[i]}) {o}" for i, o in enumerate(q.options)]} for q in r.questions]}}
+            for r in records[:8]]  # fmt: skip
+    out = Path(shapes_root).parent / "caprl-qa" / "train-00000-of-00001.parquet"
+    out.parent.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), out)
+    return out.parent
+
+
 def test_there_are_real_scale_configs():
     assert {c.stem for c in CONFIGS} == {"sft", "grpo", "dpo"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_real_scale_config_runs_two_steps_on_two_cpu_ranks(config, tiny_models, shapes_root, pair_file, tmp_path):
+def test_real_scale_config_runs_two_steps_on_two_cpu_ranks(
+    config, tiny_models, shapes_root, pair_file, caprl_qa_parquet, tmp_path
+):
     train, val = f"{shapes_root}/train.jsonl", f"{shapes_root}/val.jsonl"
     if config.stem == "dpo":
         train = val = str(pair_file)
+    if config.stem == "grpo":  # the config reads CapRL-QA-75K's parquet as it is; no val set
+        train, val = str(caprl_qa_parquet), "null"
     overrides = [
         f"--model.init_args.model={tiny_models['qwen2_5_vl']}", f"--data.init_args.train_file={train}",
         f"--data.init_args.val_file={val}", "--data.init_args.num_workers=0", "--trainer.accelerator=cpu",
@@ -50,6 +72,7 @@ def test_real_scale_config_runs_two_steps_on_two_cpu_ranks(config, tiny_models, 
         overrides += [f"--model.init_args.init_from={tiny_models['qwen2_5_vl']}"]
     argv = [sys.executable, "-m", "lit_caprl.cli", "fit", "-c", str(config), *overrides]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_SERVICE", "LOCAL_RANK", "MASTER_"))}
+    env["LIT_CAPRL_CACHE"] = str(tmp_path / "cache")
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     export = tmp_path / "export"

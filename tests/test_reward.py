@@ -210,3 +210,41 @@ def test_reader_without_single_token_letters_is_a_clear_error():
     assert option_letter_ids(fast, "r", n=2) == [4, 5]
     with pytest.raises(ValueError, match="model 'my/reader': option letter 'C' is not a single token"):
         option_letter_ids(fast, "my/reader", n=5)
+
+
+def test_caprl_template_asks_as_caprl_does():
+    body = prompts.reader_question("a red bus .", "what colour is the bus ?", ["red", "blue"], "caprl")
+    assert body.startswith(prompts.CAPRL_INSTRUCTION) and "Example 1" in body and "Example 2" in body
+    assert body.index("<caption>\na red bus .\n</caption>") > body.index("Example 2")  # the caption after the examples
+    assert body.endswith("Question: what colour is the bus ?\nA) red\nB) blue\nC) Can not answer based on the caption")
+    shown = prompts.shown_options(["red", "blue"], "caprl")
+    assert mcq.sampled_choice(" B. The caption says blue.", shown, "caprl") == 1
+    assert mcq.sampled_choice(" C", shown, "caprl") == 2  # "cannot answer"
+    assert mcq.sampled_choice(" F", shown, "caprl") is None  # a letter A-I past the options: wrong, not skipped
+    with pytest.raises(ValueError, match="at most 8 options"):
+        prompts.reader_question("c", "q", [str(i) for i in range(9)], "caprl")
+
+
+@pytest.mark.parametrize("oracle, expected", [(True, 1.0), (False, None)])
+def test_caprl_sample_reward_gives_an_oracle_reader_one(tiny_models, records, monkeypatch, oracle, expected):
+    """A reader that always names the right option's letter earns exactly 1; one that always names
+    A earns about 1/4: the shuffled options are mapped back to the answer key correctly."""
+    right = {(r.id, q.question): q.answer_text for r in records for q in r.questions}
+
+    def answers(adapter, texts, *args, **kwargs):
+        out = []
+        for text in texts:
+            asked = text[text.rindex("<caption>\n") + 10 :].split("<|im_end|>")[0]  # caption (= record id) onwards
+            caption, question = asked.split("\n")[0], asked.split("Question: ")[1].split("\n")[0]
+            lines = [ln for ln in asked.split("\n") if ln[1:3] == ") "]
+            pick = next(ln[0] for ln in lines if ln[3:] == right[caption, question]) if oracle else "A"
+            out.append(f" {pick}.")
+        return out
+
+    monkeypatch.setattr(mcq, "sample_answers", answers)
+    reward = CapRLQAReward(tiny_models["qwen2"], num_draws=8, mode="sample", answer_format="caprl")
+    rewards = reward([r.id for r in records], records, step=0).rewards
+    if expected is not None:
+        assert torch.equal(rewards, torch.ones(len(records)))
+    else:
+        assert 0.1 < float(rewards.mean()) < 0.4

@@ -36,7 +36,7 @@ BAD = [
     (_rec(image="/etc/passwd"), "image", "absolute path"),
     (_rec(q_answer="C"), "questions[0].answer", "not among the option letters"),
     (_rec(q_options=["red", "red"]), "questions[0].options", "duplicate options"),
-    (_rec(questions=[]), "questions", "non-empty list"),
+    (_rec(questions="what ?"), "questions", "must be a list"),
     (_rec(captions=[""]), "captions[0]", "empty caption"),
     (_rec(chosen="top big red circle ."), "rejected", "needs a rejected string"),
     (_rec(chosen="", rejected="top big red circle ."), "chosen", "needs a non-empty chosen string"),

@@ -8,6 +8,7 @@ like `download=True` elsewhere.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lit_caprl import mcq
 from lit_caprl.data import prompts, shapes
-from lit_caprl.data.schema import Problem, Record, load_records
+from lit_caprl.data.importer import cached_import
+from lit_caprl.data.schema import Record, load_records
 
 
 class _ShapesSource:
@@ -107,38 +109,62 @@ class _Base(L.LightningDataModule):
 
 
 class _FileData(_Base):
-    """Images from a train and a val JSONL file in the documented schema, asked `prompt`.
+    """Images from a train and an optional val source, asked `prompt`.
 
-    `on_bad_record="error"` (default) stops at load time on any bad record, naming file, line
-    and field; "skip" drops bad records but counts them in `skipped`, warns when loading and
-    reports them again when the run ends."""
+    `format="jsonl"` (default) reads our schema (see `schema.py`); `caprl-qa`, `verl`,
+    `captions` and `prism` read those formats (a parquet file, a directory or glob of shards,
+    .json/.jsonl, a `datasets` directory) through the same importer as `lit-caprl data
+    import`, once, into a cache reused while the inputs are unchanged (`importer.cached_import`;
+    `image_root` resolves relative image paths). `on_bad_record="error"` (default) stops at load
+    time on any bad record, naming file, line (or row) and field; "skip" drops bad records but
+    counts them in `skipped`, warns when loading and reports them again when the run ends."""
 
     def __init__(
         self,
         train_file: str,
-        val_file: str,
+        val_file: str | None = None,
         prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
         batch_size: int = 16,
         num_workers: int = 0,
         on_bad_record: Literal["error", "skip"] = "error",
+        format: Literal["jsonl", "caprl-qa", "verl", "captions", "prism"] = "jsonl",
+        image_root: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
         self.train_file, self.val_file, self.prompt = train_file, val_file, prompt
-        self.on_bad_record = on_bad_record
-        self.skipped: list[Problem] = []
+        self.on_bad_record, self.format, self.image_root = on_bad_record, format, image_root
+        self.skipped: list[str] = []
+
+    def _jsonl(self, source: str) -> Path:
+        if self.format == "jsonl":
+            return Path(source)
+        return cached_import(source, self.format, self.image_root, skip_bad=self.on_bad_record == "skip")
+
+    def prepare_data(self) -> None:
+        """Import non-JSONL sources once, on one process per node (Lightning's contract)."""
+        for source in (self.train_file, self.val_file):
+            if source is not None:
+                self._jsonl(source)
 
     def _load(self, path: str) -> list[Record]:
-        records, problems = load_records(path, self.on_bad_record)
-        if problems:
-            self.skipped += problems
-            rank_zero_warn(self._summary(problems))
+        jsonl = self._jsonl(path)
+        records, problems = load_records(jsonl, self.on_bad_record)
+        skipped = [str(p) for p in problems]
+        if jsonl != Path(path):  # rows the import skipped
+            skipped = json.loads((jsonl.parent / "import.json").read_text())["skipped_rows"] + skipped
+        if skipped:
+            self.skipped += skipped
+            rank_zero_warn(self._summary(skipped))
         return records
 
     @staticmethod
-    def _summary(problems: list[Problem]) -> str:
-        shown = "\n".join(str(p) for p in problems[:10])
+    def _summary(problems: list[str]) -> str:
+        shown = "\n".join(problems[:10])
         more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
         return f"skipped {len(problems)} bad records (on_bad_record=skip):\n{shown}{more}"
+
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_set is None else self._loader(self.val_set, shuffle=False)
 
     def teardown(self, stage: str) -> None:
         if self.skipped:
@@ -164,7 +190,7 @@ class CaptionData(_FileData):
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = ListDataset(self._pairs(self.train_file), self._example)
-        self.val_set = ListDataset(self._pairs(self.val_file), self._example)
+        self.val_set = ListDataset(self._pairs(self.val_file), self._example) if self.val_file else None
 
 
 class ShapesCaptionData(_ShapesSource, CaptionData):
@@ -216,12 +242,12 @@ def reader_examples(
                 options = list(q.options)
                 rng.shuffle(options)
                 value = shapes.answer_from_objects(q.question, options, claimed)
-                shown = prompts.shown_options(options)
+                shown = prompts.shown_options(options, answer_format)
                 correct = options.index(value) if value is not None else len(options)
                 out.append({
                     "image": None,
                     "prompt": prompts.reader_question(cap, q.question, options, answer_format),
-                    "prefill": prompts.ANSWER_PREFIX,
+                    "prefill": prompts.answer_prefix(answer_format),
                     "target": mcq.answer_text(shown, correct, answer_format),
                     "options": shown,
                     "correct": correct,
@@ -303,7 +329,8 @@ class ShapesVQAData(_ShapesQA):
 
     def to_example(self, item: tuple[Record, str, str]) -> dict:
         record, prompt, target = item
-        return {"image": record.load_image(), "prompt": prompt, "prefill": prompts.ANSWER_PREFIX, "target": target}
+        prefill = prompts.answer_prefix(self.answer_format)
+        return {"image": record.load_image(), "prompt": prompt, "prefill": prefill, "target": target}
 
 
 class PromptData(_FileData):
@@ -312,11 +339,23 @@ class PromptData(_FileData):
     def _example(self, record: Record) -> dict:
         return {"image": record.load_image(), "prompt": self.prompt, "record": record}
 
+    def _with_questions(self, path: str) -> list[Record]:
+        """RL needs questions: the reward asks them. A record without any is a bad record."""
+        records = self._load(path)
+        bare = [r for r in records if not r.questions]
+        if bare:
+            shown = "\n".join(f"{r.source}: questions: record {r.id!r} has none; the reward needs some" for r in bare)
+            if self.on_bad_record == "error" or len(bare) == len(records):
+                raise ValueError(shown)
+            self.skipped += shown.split("\n")
+            rank_zero_warn(self._summary(shown.split("\n")))
+        return [r for r in records if r.questions]
+
     def setup(self, stage: str | None = None) -> None:
-        train = self._load(self.train_file)
+        train = self._with_questions(self.train_file)
         has_levels = all("difficulty" in r.meta or "level" in r.meta for r in train)
         self.train_set = LevelDataset(train, self._example) if has_levels else ListDataset(train, self._example)
-        self.val_set = ListDataset(self._load(self.val_file), self._example)
+        self.val_set = ListDataset(self._with_questions(self.val_file), self._example) if self.val_file else None
 
     def set_level(self, level: int) -> None:
         """Train on records of difficulty <= `level` from the next batch on (see `CurriculumCallback`)."""
@@ -360,4 +399,4 @@ class PairData(_FileData):
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = ListDataset(self._pairs(self.train_file), self._example)
-        self.val_set = ListDataset(self._pairs(self.val_file), self._example)
+        self.val_set = ListDataset(self._pairs(self.val_file), self._example) if self.val_file else None

@@ -3,7 +3,7 @@
     {"id": "img-1",                       # unique within the file
      "image": "images/1.png",             # relative to the JSONL's folder, never outside it
      "captions": ["a big red circle ..."],   # optional, non-empty strings (SFT targets, references)
-     "questions": [                       # at least one
+     "questions": [                       # optional (SFT on captions needs none; RL needs some)
         {"question": "what color ...?", "options": ["red", "blue", "green", "yellow"], "answer": "A",
          "type": "color"}],               # `type` is optional
      "chosen": "...", "rejected": "...",  # optional, together: a preference pair (DPO)
@@ -27,6 +27,8 @@ from typing import Literal
 
 from PIL import Image
 
+from lit_caprl.data.images import open_rgb
+
 LETTERS = string.ascii_uppercase
 
 
@@ -36,9 +38,11 @@ class Problem:
     line: int
     field: str
     message: str
+    unit: str = "line"  # "row" for parquet / JSON inputs
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.field}: {self.message}"
+        where = f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path}: row {self.line}"
+        return f"{where}: {self.field}: {self.message}"
 
 
 class DataError(ValueError):
@@ -86,8 +90,11 @@ class Record:
         return row
 
     def load_image(self) -> Image.Image:
-        with Image.open(self.image) as im:
-            return im.convert("RGB")
+        """The image as upright RGB (see `images.to_rgb`); a corrupt file names this record."""
+        try:
+            return open_rgb(self.image)
+        except Exception as e:  # PIL raises many types for corrupt files
+            raise ValueError(f"{self.source}: record {self.id!r}: image {self.image} cannot be decoded ({e})") from e
 
 
 def _nonempty_str(x: object) -> bool:
@@ -114,8 +121,8 @@ def _check_image(value: object, root: Path) -> str | None:
 
 
 def _check_questions(value: object) -> list[tuple[str, str]]:
-    if not isinstance(value, list) or not value:
-        return [("questions", "must be a non-empty list")]
+    if not isinstance(value, list):
+        return [("questions", "must be a list")]
     errs = []
     for i, q in enumerate(value):
         where = f"questions[{i}]"
@@ -154,7 +161,7 @@ def validate(obj: object, root: Path) -> list[tuple[str, str]]:
         errs.append(("captions", "must be a list of strings"))
     else:
         errs += [(f"captions[{i}]", "empty caption") for i, c in enumerate(caps) if not _nonempty_str(c)]
-    errs += _check_questions(obj.get("questions"))
+    errs += _check_questions(obj.get("questions", []))
     if "chosen" in obj or "rejected" in obj:  # rejected may be empty: a policy can write nothing
         if not _nonempty_str(obj.get("chosen")):
             errs.append(("chosen", "a preference pair needs a non-empty chosen string"))
@@ -168,7 +175,8 @@ def validate(obj: object, root: Path) -> list[tuple[str, str]]:
 
 
 def _to_record(obj: dict, root: Path, source: str) -> Record:
-    qs = tuple(MCQ(q["question"], tuple(q["options"]), q["answer"], q.get("type", "")) for q in obj["questions"])
+    questions = obj.get("questions", [])
+    qs = tuple(MCQ(q["question"], tuple(q["options"]), q["answer"], q.get("type", "")) for q in questions)
     return Record(
         obj["id"], (root / obj["image"]).resolve(), qs, tuple(obj.get("captions", [])), obj.get("meta", {}), source,
         obj.get("chosen"), obj.get("rejected"),
@@ -182,11 +190,16 @@ def scan(path: str | Path) -> tuple[list[Record], list[Problem]]:
         return [], [Problem(path, 0, "file", "does not exist")]
     root = path.parent
     records, problems, seen = [], [], {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines and lines[-1] == b"":
         lines.pop()  # the newline that ends the last record
-    for n, line in enumerate(lines, start=1):
+    for n, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            problems.append(Problem(path, n, "record", f"not UTF-8 (byte {err.start} of the line)"))
+            continue
         if not line.strip():
             problems.append(Problem(path, n, "record", "empty line"))
             continue

@@ -16,8 +16,9 @@ questions, are encoded once per caption:
   toward particular positions. Being exact, it scores a caption repeated for one image (a
   GRPO group's identical samples) once.
 
-The reader answers with a letter (`answer_format="letter"`, CapRL's format) or with the
-option's text (`"cloze"`, what small readers learn fast); see `lit_caprl.mcq`. By default it is
+The reader answers with a letter in CapRL's own prompt (`answer_format="caprl"`) or a terse
+one (`"letter"`), or with the option's text (`"cloze"`, what small readers learn fast); see
+`lit_caprl.mcq`. By default it is
 asked in the format its export records, else in letters.
 """
 
@@ -29,7 +30,6 @@ from typing import Literal
 import torch
 
 from lit_caprl import mcq
-from lit_caprl.data import prompts
 from lit_caprl.data.schema import LETTERS, MCQ, Record
 from lit_caprl.models.loading import load_model
 from lit_caprl.rewards.base import FrozenReward, RewardOutput, freeze
@@ -73,8 +73,8 @@ class CapRLQAReward(FrozenReward):
         self.answer_format = answer_format
         self.temperature, self.max_new_tokens, self.scale = temperature, max_new_tokens, scale
         self.seed, self.batch_size = seed, batch_size
-        if answer_format == "letter":  # fail at construction, not at the first reward call
-            mcq.option_letter_ids(self.adapter.tokenizer, reader)
+        if answer_format in mcq.LETTER_FORMATS:  # fail at construction, not at the first reward call
+            mcq.option_letter_ids(self.adapter.tokenizer, reader, answer_format=answer_format)
 
     def draws(self, record: Record, step: int) -> list[tuple[MCQ, list[int]]]:
         """The (question, option order) pairs every caption of `record` is asked at `step`."""
@@ -114,9 +114,10 @@ class CapRLQAReward(FrozenReward):
                 for r in rots:
                     rotated = order[r:] + order[:r]
                     options = [q.options[j] for j in rotated]
-                    body = prompts.reader_question(cap, q.question, options, self.answer_format)
-                    texts.append(self.adapter.chat(body, False, prompts.ANSWER_PREFIX))
-                    shown.append(prompts.shown_options(options))
+                    text, options_shown = mcq.reader_prompt(self.adapter, cap, q.question, options,
+                                                            self.answer_format)  # fmt: skip
+                    texts.append(text)
+                    shown.append(options_shown)
                     correct.append(rotated.index(LETTERS.index(q.answer)))
                     owner.append(i)
                     asked.append(q.question)
