@@ -22,7 +22,7 @@ from lit_caprl.data import prompts
 from lit_caprl.data.datamodules import ListDataset, collate
 from lit_caprl.data.importer import cached_import
 from lit_caprl.data.schema import Record, load_records
-from lit_caprl.models.loading import load_policy
+from lit_caprl.models.loading import load_export
 from lit_caprl.sampling import stream_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -77,12 +77,7 @@ class Captioner(L.LightningModule):
         if temperature == 0 and num_captions > 1:
             raise ValueError(f"num_captions={num_captions} with greedy decoding (temperature 0) gives identical "
                              "captions; set a temperature > 0")  # fmt: skip
-        adapters = Path(model) / "adapter_config.json"
-        if adapters.is_file():
-            base = base or json.loads(adapters.read_text())["base_model_name_or_path"]
-            self.adapter = load_policy(base, init_from=model, dtype=dtype)
-        else:
-            self.adapter = load_policy(model, dtype=dtype)
+        self.adapter = load_export(model, base, dtype)
         self.policy = self.adapter.model
         self.policy.eval()
         self.prompt, self.num_captions, self.max_new_tokens = prompt, num_captions, max_new_tokens

@@ -6,6 +6,7 @@ lit-caprl data shapes --out runs/data/shapes --n 4000 --n-val 500 --seed 0
 lit-caprl data check FILE.jsonl
 lit-caprl data import --format caprl-qa --in CapRL-QA-75K/ --out data/caprl [--val-fraction 0.01] [--skip-bad]
 lit-caprl mine-pairs --config experiments/shapes/mine_pairs.yaml [--min_margin 0.2]
+lit-caprl eval --benchmark NAME=FILE [--format prism] --reader READER --policy sft=EXPORT [--num-captions 4] --out DIR
 lit-caprl report --data val.jsonl --reader READER --policy sft=EXPORT --policy grpo=EXPORT --out DIR
 lit-caprl pipeline experiments/shapes/pipeline.yaml [--force grpo]
 lit-caprl caption --model EXPORT --in IMAGES_DIR --out captions.jsonl [--num-captions 4 --temperature 0.7]
@@ -107,44 +108,49 @@ def _data(argv: list[str]) -> int:
     return 1 if bad else 0
 
 
-def _eval(argv: list[str]) -> int:
-    import json
-
-    from lit_caprl import evaluate, mcq
-    from lit_caprl.data.schema import load_records
-    from lit_caprl.models.loading import load_model
-
-    p = argparse.ArgumentParser(
-        prog="lit-caprl eval", description="Caption fidelity and reader accuracy on held-out data."
-    )
-    p.add_argument("--data", required=True, help="JSONL file (e.g. runs/data/shapes/val.jsonl)")
-    p.add_argument("--policy", help="captioner export: greedy captions -> object precision/recall")
-    p.add_argument("--reader", help="reader export: accuracy on (caption, question) pairs")
-    p.add_argument("--n", type=int, default=300, help="records to evaluate")
+def _benchmark_args(p: argparse.ArgumentParser) -> None:
+    """The inputs `eval` and `report` share."""
+    p.add_argument("--benchmark", action="append", default=[], metavar="NAME=FILE",
+                   help="a benchmark with multiple-choice questions per image; repeat")  # fmt: skip
+    p.add_argument("--data", help="shorthand for --benchmark heldout=FILE")
+    p.add_argument("--format", default="jsonl", choices=("jsonl", "caprl-qa", "verl", "prism"),
+                   help="how the benchmark files are written (prism: one {image, prompt, answer} row per question)")
+    p.add_argument("--reader", required=True, help="the frozen text-only reader that answers from the captions")
+    p.add_argument("--policy", action="append", default=[], metavar="NAME=EXPORT", help="a captioner row; repeat")
+    p.add_argument("--num-captions", type=int, default=1, help="captions per image: 1 greedy, N sampled (CapRL: 4)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature when --num-captions > 1")
+    p.add_argument("--prompt", help="the captioning prompt (default: the ShapesWorld one)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="caption length limit")
+    p.add_argument("--n", type=int, default=500, help="records per benchmark (sampled with a fixed seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (MCQ draws)")
-    p.add_argument("--out", help="also write the result as JSON here")
     p.add_argument("--answer-format", choices=MCQ_FORMATS, help=ANSWER_FORMAT_HELP)
+    p.add_argument("--out", required=True, help="directory for report.json, report.md, report.png")
+
+
+def _tables(a: argparse.Namespace) -> dict:
+    from lit_caprl import report
+    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+
+    benchmarks = dict(item.split("=", 1) for item in a.benchmark) | ({"heldout": a.data} if a.data else {})
+    if not benchmarks:
+        raise SystemExit("give at least one --benchmark NAME=FILE (or --data FILE)")
+    policies = dict(item.split("=", 1) for item in a.policy)
+    return report.evaluate_benchmarks(benchmarks, a.reader, policies, a.n, a.seeds, a.answer_format, a.format,
+                                      a.num_captions, a.temperature, a.prompt or DEFAULT_CAPTION_PROMPT,
+                                      a.max_new_tokens)  # fmt: skip
+
+
+def _eval(argv: list[str]) -> int:
+    from lit_caprl import report
+    from lit_caprl.io import atomic_dir
+
+    p = argparse.ArgumentParser(prog="lit-caprl eval", description="Prism-style caption utility: captioners caption "
+                                "each benchmark's images, a text-only reader answers its questions from the captions.")
+    _benchmark_args(p)
     a = p.parse_args(argv)
-    records = evaluate.sample_records(load_records(a.data)[0], a.n, seed=0)
-    result: dict = {"n": len(records)}
-    captions = None
-    if a.policy:
-        captions = evaluate.generate_captions(load_model(a.policy), records)
-        result["policy"] = evaluate.caption_fidelity(captions, records)
-        result["examples"] = captions[:3]
-    if a.reader:
-        answer_format = mcq.resolve_format(a.reader, a.answer_format)
-        result["reader"] = evaluate.reader_accuracy(load_model(a.reader), records, answer_format)
-        judge = evaluate.utility_judge(a.reader, answer_format)
-        gold = [r.captions[0] for r in records]
-        result["utility"] = {"gold": evaluate.caption_utility(judge, gold, records, a.seeds)}
-        result["utility"]["empty"] = evaluate.caption_utility(judge, [""] * len(records), records, a.seeds)
-        if captions is not None:
-            result["utility"]["policy"] = evaluate.caption_utility(judge, captions, records, a.seeds)
-    print(json.dumps(result, indent=2))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(result, indent=2))
+    tables = _tables(a)
+    with atomic_dir(a.out) as tmp:
+        print(report.write_report(tmp, tables))
     return 0
 
 
@@ -163,29 +169,23 @@ def _report(argv: list[str]) -> int:
     from lit_caprl import report
     from lit_caprl.io import atomic_dir
 
-    p = argparse.ArgumentParser(prog="lit-caprl report", description="Evaluate checkpoints side by side.")
-    p.add_argument("--data", required=True, help="held-out JSONL (ShapesWorld: object fidelity needs meta.objects)")
-    p.add_argument("--reader", required=True, help="the frozen reader export that measures utility")
-    p.add_argument("--policy", action="append", default=[], metavar="NAME=EXPORT", help="a row; repeat")
-    p.add_argument("--n", type=int, default=500, help="held-out records")
+    p = argparse.ArgumentParser(prog="lit-caprl report", description="`eval`, plus a run's reward curve, stage "
+                                "wall times and the reader's own accuracy (ShapesWorld).")  # fmt: skip
+    _benchmark_args(p)
     p.add_argument("--n-reader", type=int, default=200, help="held-out records for the judge's own accuracy")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--curve", help="a GRPO log dir: its newest metrics.csv gives the reward curve")
     p.add_argument("--stages", help="stages.json with wall times (written by `lit-caprl pipeline`)")
-    p.add_argument("--out", required=True, help="directory for report.json, report.md, report.png")
     p.add_argument("--wandb-project", help="also log the report to this W&B project (as an artifact)")
-    p.add_argument("--answer-format", choices=MCQ_FORMATS, help=ANSWER_FORMAT_HELP)
     a = p.parse_args(argv)
-    policies = dict(item.split("=", 1) for item in a.policy)
-    rows = report.evaluate_rows(a.data, a.reader, policies, a.n, a.seeds, a.answer_format)
+    tables = _tables(a)
     curve = []
     if a.curve:
         logs = sorted(Path(a.curve).rglob("metrics.csv"), key=lambda f: f.stat().st_mtime)
         curve = report.reward_curve(logs[-1]) if logs else []
     stages = json.loads(Path(a.stages).read_text()) if a.stages and Path(a.stages).exists() else {}
-    reader = report.reader_quality(a.data, a.reader, a.n_reader, a.answer_format)
+    reader = report.reader_quality(a.data, a.reader, a.n_reader, a.answer_format) if a.data else None
     with atomic_dir(a.out) as tmp:
-        print(report.write_report(tmp, rows, stages, curve, reader))
+        print(report.write_report(tmp, tables, stages, curve, reader))
     if a.wandb_project:
         report.log_to_wandb(a.out, a.wandb_project)
     return 0

@@ -1,6 +1,7 @@
-"""Evaluation: caption fidelity (ShapesWorld object precision/recall) and reader accuracy.
+"""Evaluation: Prism-style caption utility on any multiple-choice benchmark, caption fidelity
+(ShapesWorld object precision/recall) and reader accuracy.
 
-Pure loops over an adapter; no Lightning. Used by `lit-caprl eval` and the tests.
+Pure loops over an adapter; no Lightning. Used by `lit-caprl eval` / `report` and the tests.
 """
 
 from __future__ import annotations
@@ -32,16 +33,24 @@ def generate_captions(
     temperature: float = 0.0,
     batch_size: int = 32,
     seed: int = 0,
+    num_captions: int = 1,
 ) -> list[str]:
-    """One caption per record; `temperature=0` is greedy."""
+    """`num_captions` captions per record, a record's consecutively; `temperature=0` is greedy
+    (one caption: greedy captions of one image are identical)."""
+    if temperature == 0 and num_captions > 1:
+        raise ValueError(f"num_captions={num_captions} needs a sampling temperature > 0")
     torch.manual_seed(seed)
     adapter.model.eval()
     out = []
     text = adapter.chat(prompt, with_image=True)
+    device = adapter.model.device
     for chunk in _chunks(records, batch_size):
-        batch = adapter.encode_prompts([text] * len(chunk), [r.load_image() for r in chunk]).to(adapter.model.device)
+        batch = adapter.encode_prompts([text] * len(chunk), [r.load_image() for r in chunk]).to(device)
+        if num_captions > 1:
+            batch = adapter.select(batch, torch.arange(len(chunk), device=device).repeat_interleave(num_captions))
         sample = temperature > 0
-        comps = adapter.generate(batch, max_new_tokens, temperature=temperature if sample else 1.0, do_sample=sample)
+        comps = adapter.generate(batch, max_new_tokens, temperature=temperature if sample else 1.0, do_sample=sample,
+                                 group=num_captions)  # fmt: skip
         out += adapter.decode(comps)
     return out
 
@@ -89,14 +98,23 @@ def utility_judge(reader: str, answer_format: mcq.AnswerFormat | None = None) ->
     )
 
 
-def caption_utility(judge: CapRLQAReward, captions: list[str], records: list[Record], seeds=(0, 1, 2)) -> float:
-    """Prism-style utility: the share of each image's MCQs the reader answers right from the caption
-    alone, averaged over the draws of each evaluation seed."""
+def caption_scores(judge: CapRLQAReward, captions: list[str], records: list[Record], seeds=(0, 1, 2)) -> torch.Tensor:
+    """Each caption's utility: the share of its image's MCQs the reader answers right from the
+    caption alone (Prism's measure), averaged over the draws of each evaluation seed."""
     scores = []
     for seed in seeds:
         judge.seed = seed
-        scores.append(float(judge(captions, records).rewards.mean()))
-    return sum(scores) / len(scores)
+        scores.append(judge(captions, records).rewards)
+    return torch.stack(scores).mean(0)
+
+
+def caption_utility(judge: CapRLQAReward, captions: list[str], records: list[Record], seeds=(0, 1, 2)) -> float:
+    return float(caption_scores(judge, captions, records, seeds).mean())
+
+
+def has_objects(records: list[Record]) -> bool:
+    """Whether object fidelity can be measured: ShapesWorld records keep their scene."""
+    return all("objects" in r.meta for r in records)
 
 
 def sample_records(records: list[Record], n: int, seed: int) -> list[Record]:

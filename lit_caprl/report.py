@@ -1,6 +1,12 @@
-"""The run report: one row per checkpoint (and gold captions as the ceiling) with caption
-utility, object precision, object recall and mean length; stage wall times; a plot of the
-GRPO reward curve. Written as report.json (machine-readable), report.md and report.png."""
+"""Caption utility on benchmarks, side by side: one table per benchmark with a row per
+checkpoint (and gold captions as the ceiling where the benchmark has them), then stage wall
+times and the GRPO reward curve. Written as report.json (machine-readable), report.md and
+report.png. `lit-caprl eval` writes the tables; `lit-caprl report` adds the run's story.
+
+A row: `utility` (the mean over all captions; Prism's measure), `best_of_n` (the mean over
+images of the best of its N captions, as CapRL reports with N=4), and, where the records keep
+a ShapesWorld scene, object `precision` and `recall`; mean `length` in words.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +14,87 @@ import csv
 import json
 from pathlib import Path
 
+import torch
+
 from lit_caprl import evaluate, mcq
-from lit_caprl.data.schema import load_records
-from lit_caprl.models.loading import load_model
+from lit_caprl.data import prompts
+from lit_caprl.data.importer import cached_import
+from lit_caprl.data.schema import Record, load_records
+from lit_caprl.models.loading import load_export, load_model
 
-COLUMNS = ("utility", "precision", "recall", "length")
+COLUMNS = ("utility", "best_of_n", "precision", "recall", "length")
 
 
-def evaluate_rows(
-    data: str,
+def benchmark_records(path: str, fmt: str = "jsonl", n: int | None = None) -> list[Record]:
+    """A benchmark's records (our JSONL, or any importable format such as `prism`), `n` of them
+    sampled with a fixed seed; each needs questions."""
+    records = load_records(path if fmt == "jsonl" else cached_import(path, fmt))[0]
+    bare = [r.id for r in records if not r.questions]
+    if bare:
+        raise ValueError(f"{path}: records without questions cannot measure utility: {bare[:5]}")
+    return evaluate.sample_records(records, n, seed=0) if n is not None else records
+
+
+def score_row(
+    judge, captions: list[str], records: list[Record], seeds, num_captions: int = 1
+) -> dict[str, float | str | None]:
+    """One table row for `num_captions` captions per record (a record's consecutively)."""
+    repeated = [r for r in records for _ in range(num_captions)]
+    scores = evaluate.caption_scores(judge, captions, repeated, seeds)
+    row = {"utility": float(scores.mean()),
+           "best_of_n": float(scores.view(-1, num_captions).max(1).values.mean()) if num_captions > 1 else None,
+           "precision": None, "recall": None, "length": sum(len(c.split()) for c in captions) / len(captions),
+           "example": captions[0]}  # fmt: skip
+    if evaluate.has_objects(records):
+        fidelity = evaluate.caption_fidelity(captions, repeated)
+        row |= {"precision": fidelity["precision"], "recall": fidelity["recall"]}
+    return row
+
+
+def evaluate_benchmarks(
+    benchmarks: dict[str, str],
     reader: str,
     policies: dict[str, str],
-    n: int = 500,
+    n: int | None = 500,
     seeds=(0, 1, 2),
     answer_format: mcq.AnswerFormat | None = None,
-) -> dict:
-    """Greedy captions of each policy on `n` held-out records, scored by the frozen reader,
-    plus the gold captions (the ceiling of utility) and, for scale, the empty caption."""
-    records = evaluate.sample_records(load_records(data)[0], n, seed=0)
+    fmt: str = "jsonl",
+    num_captions: int = 1,
+    temperature: float = 0.7,
+    prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
+    max_new_tokens: int = 64,
+) -> dict[str, dict]:
+    """{benchmark: {row: scores}}: each policy's captions of `n` records per benchmark (greedy
+    for one caption, else `num_captions` sampled at `temperature`), scored by the frozen reader;
+    gold captions where every record has one (the ceiling), and the empty caption for scale."""
     judge = evaluate.utility_judge(reader, answer_format)
-    captions = {name: evaluate.generate_captions(load_model(path), records) for name, path in policies.items()}
-    captions["gold"] = [r.captions[0] for r in records]
-    rows = {}
-    for name, caps in captions.items():
-        rows[name] = {"utility": evaluate.caption_utility(judge, caps, records, seeds),
-                      **evaluate.caption_fidelity(caps, records), "example": caps[0]}  # fmt: skip
-    rows["empty"] = {"utility": evaluate.caption_utility(judge, [""] * len(records), records, seeds),
-                     "precision": 0.0, "recall": 0.0, "length": 0.0, "example": ""}  # fmt: skip
-    return rows
+    data = {name: benchmark_records(path, fmt, n) for name, path in benchmarks.items()}
+    tables: dict[str, dict] = {name: {} for name in benchmarks}
+    for policy, path in policies.items():  # each policy is loaded once for every benchmark
+        adapter = load_export(path)
+        for name, records in data.items():
+            captions = evaluate.generate_captions(adapter, records, prompt, max_new_tokens, temperature if
+                                                  num_captions > 1 else 0.0, num_captions=num_captions)  # fmt: skip
+            tables[name][policy] = score_row(judge, captions, records, seeds, num_captions)
+        del adapter
+    for name, records in data.items():
+        if all(r.captions for r in records):
+            tables[name]["gold"] = score_row(judge, [r.captions[0] for r in records], records, seeds)
+        tables[name]["empty"] = score_row(judge, [""] * len(records), records, seeds) | {"precision": None,
+                                                                                        "recall": None}  # fmt: skip
+    return tables
 
 
 def reader_quality(
     data: str, reader: str, n: int = 500, answer_format: mcq.AnswerFormat | None = None
-) -> dict[str, float]:
-    """The judge's own held-out accuracy: utility numbers mean little when this is low."""
+) -> dict[str, float] | None:
+    """The judge's own held-out accuracy on ShapesWorld (caption, question) pairs labelled from
+    the scene: utility numbers mean little when this is low. None for other data."""
     records = evaluate.sample_records(load_records(data)[0], n, seed=0)
-    return evaluate.reader_accuracy(load_model(reader), records, mcq.resolve_format(reader, answer_format))
+    if not evaluate.has_objects(records):
+        return None
+    with torch.no_grad():
+        return evaluate.reader_accuracy(load_model(reader), records, mcq.resolve_format(reader, answer_format))
 
 
 MIN_GAP = 0.02  # below this, gold vs start is within evaluation noise: no headroom to speak of
@@ -66,19 +117,29 @@ def reward_curve(metrics_csv: Path) -> list[tuple[int, float]]:
     return out
 
 
-def markdown(rows: dict, stages: dict) -> str:
-    lines = ["| checkpoint | utility | precision | recall | length | gap closed |", "|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        closed = gap_closed(rows, name) if "sft" in rows and name not in ("sft", "gold", "empty") else None
-        pct = f"{closed:.0%}" if closed is not None else ""
-        lines.append(f"| {name} | {r['utility']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} "
-                     f"| {r['length']:.1f} | {pct} |")  # fmt: skip
-    lines += ["", "| stage | wall s |", "|---|---|"]
-    lines += [f"| {name} | {s['wall_s']:.0f} |" for name, s in stages.items()]
-    return "\n".join(lines) + "\n"
+def _cell(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
 
 
-def plot(curve: list[tuple[int, float]], rows: dict, out: Path) -> None:
+def markdown(tables: dict[str, dict], stages: dict) -> str:
+    lines = []
+    for bench, rows in tables.items():
+        lines += [f"**{bench}**", "", "| checkpoint | utility | best of N | precision | recall | length | gap closed |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in rows.items():
+            closed = gap_closed(rows, name) if {"sft", "gold"} <= set(rows) and name not in ("sft", "gold", "empty") \
+                else None  # fmt: skip
+            pct = f"{closed:.0%}" if closed is not None else ""
+            lines.append(f"| {name} | {r['utility']:.3f} | {_cell(r['best_of_n'])} | {_cell(r['precision'])} "
+                         f"| {_cell(r['recall'])} | {r['length']:.1f} | {pct} |")  # fmt: skip
+        lines.append("")
+    if stages:
+        lines += ["| stage | wall s |", "|---|---|"]
+        lines += [f"| {name} | {s['wall_s']:.0f} |" for name, s in stages.items()]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def plot(curve: list[tuple[int, float]], tables: dict[str, dict], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,45 +150,58 @@ def plot(curve: list[tuple[int, float]], rows: dict, out: Path) -> None:
         steps, rewards = zip(*curve, strict=True)
         left.plot(steps, rewards, lw=0.8)
     left.set(title="GRPO: mean reward per rollout step", xlabel="rollout step", ylabel="reward")
-    names = list(rows)
-    right.bar(names, [rows[n]["utility"] for n in names])
-    right.set(title="caption utility (held-out)", ylabel="utility", ylim=(0, 1))
+    width = 0.8 / len(tables)
+    for k, (bench, rows) in enumerate(tables.items()):
+        names = list(rows)
+        right.bar([i + k * width for i in range(len(names))], [rows[n]["utility"] for n in names], width, label=bench)
+        right.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
+    right.set(title="caption utility", ylabel="utility", ylim=(0, 1))
+    if len(tables) > 1:
+        right.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
 
 
 def write_report(
-    out_dir: str | Path, rows: dict, stages: dict, curve: list[tuple[int, float]], reader: dict | None = None
+    out_dir: str | Path,
+    tables: dict[str, dict],
+    stages: dict | None = None,
+    curve: list[tuple[int, float]] | None = None,
+    reader: dict | None = None,
 ) -> str:
-    """Write report.json / report.md / report.png under `out_dir`; return the markdown table."""
+    """Write report.json / report.md / report.png under `out_dir`; return the markdown."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = {name: {k: r[k] for k in COLUMNS} for name, r in rows.items()}
-    payload = {"rows": table, "stages": stages, "reader": reader or {},
-               "examples": {n: r.get("example", "") for n, r in rows.items()}}  # fmt: skip
-    if "sft" in rows:
-        payload["gap_closed"] = {n: gap_closed(rows, n) for n in rows if n not in ("sft", "gold", "empty")}
-    (out / "report.json").write_text(json.dumps(payload, indent=2))
-    md = markdown(rows, stages)
+    stages, curve = stages or {}, curve or []
+    payload: dict = {"benchmarks": {}, "stages": stages, "reader": reader or {}}
+    for bench, rows in tables.items():
+        entry = {"rows": {name: {k: r.get(k) for k in COLUMNS} for name, r in rows.items()},
+                 "examples": {n: r.get("example", "") for n, r in rows.items()}}  # fmt: skip
+        if {"sft", "gold"} <= set(rows):
+            entry["gap_closed"] = {n: gap_closed(rows, n) for n in rows if n not in ("sft", "gold", "empty")}
+        payload["benchmarks"][bench] = entry
+    (out / "report.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    md = markdown(tables, stages)
     if reader:
         md += (f"\nreader (the judge) on held-out (caption, question) pairs: accuracy {reader['accuracy']:.3f}, "
                f"cannot-answer accuracy {reader['cannot_answer_accuracy']:.3f}\n")  # fmt: skip
     (out / "report.md").write_text(md)
-    plot(curve, rows, out / "report.png")
+    plot(curve, tables, out / "report.png")
     return md
 
 
 def log_to_wandb(out_dir: str | Path, project: str, name: str | None = None) -> None:
-    """Log the written report as a W&B artifact (type `report`) and its table as a `wandb.Table`;
+    """Log the written report as a W&B artifact (type `report`) and its tables as a `wandb.Table`;
     offline (`WANDB_MODE=offline`) it waits in the run directory for `wandb sync`."""
     import wandb
 
     out = Path(out_dir)
     payload = json.loads((out / "report.json").read_text())
     run = wandb.init(project=project, name=name, job_type="report", dir=str(out.parent))
-    columns = ["checkpoint", *COLUMNS]
-    rows = [[ckpt, *(r[c] for c in COLUMNS)] for ckpt, r in payload["rows"].items()]
+    columns = ["benchmark", "checkpoint", *COLUMNS]
+    rows = [[bench, ckpt, *(r[c] for c in COLUMNS)]
+            for bench, entry in payload["benchmarks"].items() for ckpt, r in entry["rows"].items()]  # fmt: skip
     run.log(
         {"report/table": wandb.Table(columns=columns, data=rows), "report/plot": wandb.Image(str(out / "report.png"))}
     )

@@ -7,9 +7,9 @@ import pytest
 from lit_caprl import report
 
 ROWS = {
-    "sft": {"utility": 0.40, "precision": 0.9, "recall": 0.5, "length": 10.0},
-    "grpo": {"utility": 0.70, "precision": 0.85, "recall": 0.9, "length": 20.0},
-    "gold": {"utility": 0.90, "precision": 1.0, "recall": 1.0, "length": 21.0},
+    "sft": {"utility": 0.40, "best_of_n": None, "precision": 0.9, "recall": 0.5, "length": 10.0},
+    "grpo": {"utility": 0.70, "best_of_n": None, "precision": 0.85, "recall": 0.9, "length": 20.0},
+    "gold": {"utility": 0.90, "best_of_n": None, "precision": 1.0, "recall": 1.0, "length": 21.0},
 }
 
 
@@ -20,12 +20,13 @@ def test_gap_closed_hand_computed():
 
 
 def test_write_report_files_and_schema(tmp_path):
-    md = report.write_report(tmp_path, ROWS, {"grpo": {"wall_s": 300.0}}, [(1, 0.2), (2, 0.3)])
+    md = report.write_report(tmp_path, {"heldout": ROWS}, {"grpo": {"wall_s": 300.0}}, [(1, 0.2), (2, 0.3)])
     payload = json.loads((tmp_path / "report.json").read_text())
-    assert set(payload["rows"]) == {"sft", "grpo", "gold"} and payload["stages"]["grpo"]["wall_s"] == 300.0
-    assert set(payload["rows"]["grpo"]) == {"utility", "precision", "recall", "length"}
-    assert payload["gap_closed"]["grpo"] == pytest.approx(0.6)
-    assert "| grpo | 0.700 |" in md and (tmp_path / "report.png").stat().st_size > 0
+    table = payload["benchmarks"]["heldout"]
+    assert set(table["rows"]) == {"sft", "grpo", "gold"} and payload["stages"]["grpo"]["wall_s"] == 300.0
+    assert set(table["rows"]["grpo"]) == {"utility", "best_of_n", "precision", "recall", "length"}
+    assert table["gap_closed"]["grpo"] == pytest.approx(0.6)
+    assert "| grpo | 0.700 | - | 0.850 |" in md and (tmp_path / "report.png").stat().st_size > 0
 
 
 def test_report_is_logged_to_wandb_offline(tmp_path, monkeypatch):
@@ -33,7 +34,7 @@ def test_report_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     out = tmp_path / "report"
-    report.write_report(out, ROWS, {}, [])
+    report.write_report(out, {"heldout": ROWS}, {}, [])
     try:
         report.log_to_wandb(out, project="lit-caprl-test")
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -138,6 +139,16 @@ def load_policy(
         raise ValueError(f"{ckpt}: checkpoint has no '{prefix}*' weights to initialise from")
     adapter.model.load_state_dict(weights, strict=True)
     return _finish(adapter, lora, gradient_checkpointing)
+
+
+def load_export(path: str, base: str | None = None, dtype: str = "float32") -> VLMAdapter:
+    """A trained export for inference: a `save_pretrained` directory, or peft adapters on `base`
+    (default: the base model their `adapter_config.json` names)."""
+    adapters = Path(path) / "adapter_config.json"
+    if adapters.is_file():
+        base = base or json.loads(adapters.read_text())["base_model_name_or_path"]
+        return load_policy(base, init_from=path, dtype=dtype)
+    return load_model(path, dtype)
 
 
 def _finish(adapter: VLMAdapter, lora: LoRA | None, gradient_checkpointing: bool) -> VLMAdapter:

@@ -1,0 +1,86 @@
+"""Prism-style evaluation: a benchmark in Prism's row format measures what our own format does."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_caprl import cli, evaluate, report
+from lit_caprl.data.schema import LETTERS, load_records
+from lit_caprl.rewards import CapRLQAReward, RewardOutput
+
+
+class _FixedJudge:
+    """A judge whose per-caption utilities are given: isolates the row arithmetic."""
+
+    def __init__(self, values):
+        self.values, self.seed = torch.tensor(values), 0
+
+    def __call__(self, captions, records):
+        return RewardOutput(self.values[: len(captions)], {})
+
+
+def test_best_of_n_hand_computed(shapes_root):
+    records = load_records(Path(shapes_root) / "val.jsonl")[0][:2]
+    judge = _FixedJudge([0.25, 0.75, 0.5, 0.0])
+    row = report.score_row(judge, ["a b", "c", "d", "e"], records, seeds=[0], num_captions=2)
+    assert row["utility"] == pytest.approx(0.375)  # mean of all four captions
+    assert row["best_of_n"] == pytest.approx(0.625)  # (max(0.25, 0.75) + max(0.5, 0.0)) / 2
+    assert row["length"] == pytest.approx(1.25) and row["precision"] is not None  # ShapesWorld: fidelity too
+
+
+def _benchmarks(shapes_root: str, out: Path, n: int = 6) -> tuple[Path, Path]:
+    """The same scenes twice: our JSONL, and Prism's one row per question ({image, prompt, answer})."""
+    records = load_records(Path(shapes_root) / "val.jsonl")[0][:n]
+    shutil.copytree(Path(shapes_root) / "images", out / "images")
+    ours = (Path(shapes_root) / "val.jsonl").read_text().splitlines()[:n]
+    (out / "ours.jsonl").write_text("".join(line + "\n" for line in ours))
+    prism = [{"image": f"images/{r.image.name}", "image_id": r.id, "answer": q.answer,
+              "prompt": q.question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(q.options))}
+             for r in records for q in r.questions]  # fmt: skip
+    (out / "prism.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prism))
+    return out / "ours.jsonl", out / "prism.jsonl"
+
+
+def test_prism_benchmark_gives_the_same_utility_as_our_format(tiny_models, shapes_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
+    # A random reader's argmax utility is 0 on both; its probabilities show any difference in the
+    # questions, options, their order, or the draws (seeded by record id) that the two formats ask.
+    monkeypatch.setattr(evaluate, "utility_judge", lambda reader, answer_format=None: CapRLQAReward(
+        reader, num_draws=4, mode="logprob", score="prob", rotations=False, answer_format=answer_format))
+    ours, prism = _benchmarks(shapes_root, tmp_path / "bench")
+    policies = {"sft": tiny_models["qwen2_5_vl"]}
+    common = dict(reader=tiny_models["qwen2"], policies=policies, n=6, seeds=[0, 1], max_new_tokens=12)
+    by_ours = report.evaluate_benchmarks({"shapes": str(ours)}, **common)["shapes"]
+    by_prism = report.evaluate_benchmarks({"prism": str(prism)}, fmt="prism", **common)["prism"]
+    assert by_prism["sft"]["utility"] == pytest.approx(by_ours["sft"]["utility"], abs=1e-6)
+    assert by_prism["sft"]["utility"] != pytest.approx(by_prism["empty"]["utility"], abs=1e-4)  # it sees captions
+    assert by_prism["empty"]["utility"] == pytest.approx(by_ours["empty"]["utility"], abs=1e-6)
+    assert by_ours["sft"]["precision"] is not None and by_prism["sft"]["precision"] is None  # no scene: no fidelity
+    assert "gold" in by_ours and "gold" not in by_prism  # Prism rows carry no captions
+
+
+def test_eval_cli_writes_a_table_per_benchmark_with_best_of_n(tiny_models, shapes_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
+    ours, prism = _benchmarks(shapes_root, tmp_path / "bench", n=4)
+    argv = ["eval", "--benchmark", f"prism={prism}", "--format", "prism", "--reader", tiny_models["qwen2"],
+            "--policy", f"sft={tiny_models['qwen2_5_vl']}", "--num-captions", "3", "--max-new-tokens", "8",
+            "--seeds", "0", "--out", str(tmp_path / "eval")]  # fmt: skip
+    assert cli.main(argv) == 0
+    payload = json.loads((tmp_path / "eval" / "report.json").read_text())
+    row = payload["benchmarks"]["prism"]["rows"]["sft"]
+    assert row["best_of_n"] >= row["utility"] and row["precision"] is None
+    assert "**prism**" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_report_cli_on_shapesworld_adds_fidelity_gold_and_the_readers_accuracy(tiny_models, shapes_root, tmp_path):
+    argv = ["report", "--data", f"{shapes_root}/val.jsonl", "--reader", tiny_models["qwen2"], "--policy",
+            f"sft={tiny_models['qwen2_5_vl']}", "--n", "4", "--n-reader", "4", "--seeds", "0", "--max-new-tokens",
+            "8", "--out", str(tmp_path / "report")]  # fmt: skip
+    assert cli.main(argv) == 0
+    payload = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = payload["benchmarks"]["heldout"]["rows"]
+    assert set(rows) == {"sft", "gold", "empty"} and rows["gold"]["precision"] == 1.0
+    assert 0 <= payload["reader"]["accuracy"] <= 1
