@@ -117,6 +117,8 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
                    help="how the benchmark files are written (prism: one {image, prompt, answer} row per question)")
     p.add_argument("--reader", required=True, help="the frozen text-only reader that answers from the captions")
     p.add_argument("--policy", action="append", default=[], metavar="NAME=EXPORT", help="a captioner row; repeat")
+    p.add_argument("--captions", action="append", default=[], metavar="NAME=FILE",
+                   help="a row from `lit-caprl caption` output (captions written beforehand, e.g. on GPUs); repeat")
     p.add_argument("--num-captions", type=int, default=1, help="captions per image: 1 greedy, N sampled (CapRL: 4)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature when --num-captions > 1")
     p.add_argument("--prompt", help="the captioning prompt (default: the ShapesWorld one)")
@@ -137,7 +139,7 @@ def _tables(a: argparse.Namespace) -> dict:
     policies = dict(item.split("=", 1) for item in a.policy)
     return report.evaluate_benchmarks(benchmarks, a.reader, policies, a.n, a.seeds, a.answer_format, a.format,
                                       a.num_captions, a.temperature, a.prompt or DEFAULT_CAPTION_PROMPT,
-                                      a.max_new_tokens)  # fmt: skip
+                                      a.max_new_tokens, dict(item.split("=", 1) for item in a.captions))  # fmt: skip
 
 
 def _eval(argv: list[str]) -> int:

@@ -63,13 +63,25 @@ def evaluate_benchmarks(
     temperature: float = 0.7,
     prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
     max_new_tokens: int = 64,
+    captions: dict[str, str] | None = None,
 ) -> dict[str, dict]:
     """{benchmark: {row: scores}}: each policy's captions of `n` records per benchmark (greedy
     for one caption, else `num_captions` sampled at `temperature`), scored by the frozen reader;
-    gold captions where every record has one (the ceiling), and the empty caption for scale."""
+    gold captions where every record has one (the ceiling), and the empty caption for scale.
+    `captions` adds rows from `lit-caprl caption` output files (NAME -> JSONL), e.g. written on
+    GPUs beforehand: their first `num_captions` captions per image are scored."""
     judge = evaluate.utility_judge(reader, answer_format)
     data = {name: benchmark_records(path, fmt, n) for name, path in benchmarks.items()}
     tables: dict[str, dict] = {name: {} for name in benchmarks}
+    for row_name, path in (captions or {}).items():
+        written = captions_file(path)
+        for name, records in data.items():
+            missing = [r.id for r in records if len(written.get(r.id, [])) < num_captions]
+            if missing:
+                raise ValueError(f"{path}: fewer than {num_captions} captions for {len(missing)} images of benchmark "
+                                 f"{name!r}, e.g. ids {missing[:5]}; run `lit-caprl caption` on it")  # fmt: skip
+            caps = [c for r in records for c in written[r.id][:num_captions]]
+            tables[name][row_name] = score_row(judge, caps, records, seeds, num_captions)
     for policy, path in policies.items():  # each policy is loaded once for every benchmark
         adapter = load_export(path)
         for name, records in data.items():
@@ -83,6 +95,19 @@ def evaluate_benchmarks(
         tables[name]["empty"] = score_row(judge, [""] * len(records), records, seeds) | {"precision": None,
                                                                                         "recall": None}  # fmt: skip
     return tables
+
+
+def captions_file(path: str) -> dict[str, list[str]]:
+    """id -> captions from a `lit-caprl caption` output file."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+                out[str(row["id"])] = list(row["captions"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{n}: not a caption row {{id, captions}} ({e})") from e
+    return out
 
 
 def reader_quality(

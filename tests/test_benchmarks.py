@@ -47,3 +47,13 @@ def test_scaling_benchmark_quick(tmp_path):
     for r in rows:
         assert r["step_s"] > r["generation_s"] > 0 and r["update_s"] > 0 and 0 < r["vision_share"] < 1
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_import_throughput_benchmark_quick(tmp_path):
+    out = tmp_path / "i.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/import_throughput.py"), "--quick", "--out", str(out)],
+                   check=True, timeout=300)  # fmt: skip
+    result = json.loads(out.read_text())
+    assert [r["rows"] for r in result["results"]] == [200, 600]
+    assert all(r["rows_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in result["results"])
+    assert "pyarrow" in result["versions"]

@@ -84,3 +84,22 @@ def test_report_cli_on_shapesworld_adds_fidelity_gold_and_the_readers_accuracy(t
     rows = payload["benchmarks"]["heldout"]["rows"]
     assert set(rows) == {"sft", "gold", "empty"} and rows["gold"]["precision"] == 1.0
     assert 0 <= payload["reader"]["accuracy"] <= 1
+
+
+def test_eval_scores_captions_written_by_caption_and_names_missing_ids(tiny_models, shapes_root, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
+    _, prism = _benchmarks(shapes_root, tmp_path / "bench", n=4)
+    caps = tmp_path / "caps.jsonl"
+    assert cli.main(["caption", "--model", tiny_models["qwen2_5_vl"], "--in", str(prism), "--format", "prism",
+                     "--out", str(caps), "--num-captions", "2", "--temperature", "1.0", "--max-new-tokens", "6",
+                     "--accelerator", "cpu", "--devices", "1"]) == 0  # fmt: skip
+    base = ["eval", "--benchmark", f"prism={prism}", "--format", "prism", "--reader", tiny_models["qwen2"],
+            "--num-captions", "2", "--seeds", "0"]  # fmt: skip
+    assert cli.main([*base, "--captions", f"gpu={caps}", "--out", str(tmp_path / "eval")]) == 0
+    rows = json.loads((tmp_path / "eval" / "report.json").read_text())["benchmarks"]["prism"]["rows"]
+    written = [c for line in caps.read_text().splitlines() for c in json.loads(line)["captions"]]
+    assert len(written) == 8 and rows["gpu"]["length"] == pytest.approx(sum(len(c.split()) for c in written) / 8)
+    caps.write_text("\n".join(caps.read_text().splitlines()[:3]) + "\n")  # one image's captions lost
+    with pytest.raises(ValueError, match=r"caps.jsonl: fewer than 2 captions for 1 images"):
+        cli.main([*base, "--captions", f"gpu={caps}", "--out", str(tmp_path / "eval2")])

@@ -221,3 +221,27 @@ def test_grpo_trains_straight_from_caprl_parquet(caprl_parquet, tiny_models, tmp
     assert any(not torch.equal(p, before[n]) for n, p in module.policy.named_parameters())
     (imported,) = (tmp_path / "cache" / "imports").iterdir()  # imported once, into the cache
     assert json.loads((imported / "import.json").read_text())["records"] == 5
+
+
+def test_sft_trains_on_captions_only_rows_from_a_datasets_directory(tiny_models, tmp_path, monkeypatch):
+    """CapRL-2M-style rows (image + caption, no questions), saved with `datasets.save_to_disk`."""
+    import datasets
+    import lightning as L
+    import torch
+
+    from lit_caprl.data import CaptionData
+    from lit_caprl.stages import SFTStage
+
+    monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
+    rows = [{"image": {"bytes": encoded("RGB", (40 + i, 30), "PNG", (20 * i, 0, 0)), "path": None},
+             "caption": f"top big red circle {'.' * (i % 2 + 1)}"} for i in range(6)]  # fmt: skip
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "caps"))
+    data = CaptionData(str(tmp_path / "caps"), format="captions", batch_size=2)
+    module = SFTStage(tiny_models["qwen2_5_vl"], lr=1e-2)
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=tmp_path).fit(module, datamodule=data)  # fmt: skip
+    assert len(data.train_set) == 6 and data.val_set is None
+    assert any(not torch.equal(p, before[n]) for n, p in module.policy.named_parameters())
+    ids = [json.loads(line)["id"] for line in next((tmp_path / "cache").rglob("train.jsonl")).read_text().splitlines()]
+    assert len(set(ids)) == 6 and all(len(i) == 16 for i in ids)  # no id column: named by image hash

@@ -1,12 +1,11 @@
-from lit_caprl.data.datamodules import (
-    CaptionData,
-    PairData,
-    PromptData,
-    ShapesCaptionData,
-    ShapesPromptData,
-    ShapesReaderData,
-    ShapesVQAData,
-)
+"""Data: the JSONL schema, ShapesWorld, readers of CapRL's formats, and the DataModules.
+
+The DataModules (which need torch and Lightning) load on first use, so the data tools
+(`lit-caprl data import / check`) start without them."""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "CaptionData",
@@ -17,3 +16,11 @@ __all__ = [
     "ShapesReaderData",
     "ShapesVQAData",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from lit_caprl.data import datamodules
+
+        return getattr(datamodules, name)
+    raise AttributeError(f"module 'lit_caprl.data' has no attribute {name!r}")
