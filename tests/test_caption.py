@@ -68,3 +68,42 @@ def test_caption_killed_half_way_and_rerun_writes_each_id_once(tiny_models, tmp_
     assert written_ids(out) == {p.name for p in folder.iterdir()}
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "every image already captioned" in again.stdout
+
+
+def test_huge_and_mixed_images_are_bounded_by_the_processor(tiny_models):
+    from lit_caprl.models.loading import load_model
+
+    adapter = load_model(tiny_models["qwen2_5_vl"])
+    processor = adapter.processor.image_processor
+    images = [Image.new("RGB", (3000, 2000), (9, 9, 9)), Image.new("RGB", (31, 17)), _image(5)]
+    text = adapter.chat("describe", with_image=True)
+    batch = adapter.encode_prompts([text] * 3, [to_rgb(im) for im in images])
+    _, h, w = batch.image_grid_thw.T
+    assert h[0] * w[0] * processor.patch_size**2 <= processor.size.longest_edge  # 6 MP resized into max_pixels
+    assert len(batch) == 3 and (h * w > 0).all()  # three sizes, one batch
+
+
+def test_a_corrupt_image_is_named_with_its_record(tmp_path):
+    import pytest
+
+    from lit_caprl.captioning import source_records
+
+    folder = write_images(tmp_path / "images")
+    (folder / "07.png").write_bytes((folder / "07.png").read_bytes()[:60])  # truncated
+    record = next(r for r in source_records(folder) if r.id == "07.png")
+    with pytest.raises(ValueError, match=r"record '07.png': image .*07.png cannot be decoded"):
+        record.load_image()
+
+
+def test_caption_on_two_ranks_merges_their_parts(tiny_models, tmp_path):
+    folder = write_images(tmp_path / "images")
+    out = tmp_path / "captions.jsonl"
+    argv = [sys.executable, "-m", "lit_caprl.cli", "caption", "--model", tiny_models["qwen2_5_vl"], "--in",
+            str(folder), "--out", str(out), "--batch-size", "3", "--max-new-tokens", "6", "--accelerator", "cpu",
+            "--devices", "2"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "MASTER_", "WANDB_SERVICE"))}
+    done = subprocess.run(argv, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(p.name for p in folder.iterdir())  # every image once, across both ranks
+    assert not list(tmp_path.glob("captions.jsonl.rank*"))

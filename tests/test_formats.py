@@ -245,3 +245,13 @@ def test_sft_trains_on_captions_only_rows_from_a_datasets_directory(tiny_models,
     assert any(not torch.equal(p, before[n]) for n, p in module.policy.named_parameters())
     ids = [json.loads(line)["id"] for line in next((tmp_path / "cache").rglob("train.jsonl")).read_text().splitlines()]
     assert len(set(ids)) == 6 and all(len(i) == 16 for i in ids)  # no id column: named by image hash
+
+
+def test_an_unreachable_hub_id_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FileNotFoundError, match="'nobody/no-such-data' is neither a local path nor a reachable"):
+        import_data("nobody/no-such-data", "caprl-qa", tmp_path / "out", progress=False)
+    with pytest.raises(FileNotFoundError, match="no .parquet, .json or .jsonl input at ./typo"):
+        import_data("./typo", "caprl-qa", tmp_path / "out", progress=False)

@@ -70,10 +70,20 @@ class Converted:
 
 
 # ---- reading rows -------------------------------------------------------------------------
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?")
+
+
+def hub_id(source: str | Path) -> bool:
+    """`owner/name` (optionally `:split`) that is not a local path: a Hugging Face Hub data set."""
+    return not Path(source).expanduser().exists() and _HUB_ID.fullmatch(str(source)) is not None
+
+
 def input_files(source: str | Path) -> list[Path]:
     """The files behind `source`: a file, a glob, or a directory of .parquet/.json/.jsonl files
-    (a `datasets` save_to_disk directory is returned as itself)."""
+    (a `datasets` save_to_disk directory, or a Hub id, is returned as itself)."""
     path = Path(source).expanduser()
+    if hub_id(source):
+        return [Path(str(source))]
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
             return [path]
@@ -99,7 +109,9 @@ def count_rows(files: list[Path]) -> int | None:
 def read_rows(file: Path, batch_size: int = 64) -> Iterator[tuple[int, dict | BadRow]]:
     """(1-based row or line number, row) for each row of one input; a row that cannot even be
     parsed comes as a `BadRow`. Parquet is read a batch at a time, so memory stays flat."""
-    if file.is_dir():
+    if hub_id(file):
+        yield from enumerate(_hub_rows(str(file)), start=1)
+    elif file.is_dir():
         import datasets
 
         ds = datasets.load_from_disk(str(file))
@@ -140,6 +152,19 @@ def read_rows(file: Path, batch_size: int = 64) -> Iterator[tuple[int, dict | Ba
         yield from enumerate(data, start=1)
     else:
         raise ValueError(f"{file}: unsupported input type {file.suffix!r} (.parquet, .json, .jsonl)")
+
+
+def _hub_rows(source: str) -> Iterator[dict]:
+    """A Hub data set's rows, streamed (`owner/name:split`, default split `train`)."""
+    import datasets
+
+    name, _, split = source.partition(":")
+    try:
+        return iter(datasets.load_dataset(name, split=split or "train", streaming=True))
+    except Exception as e:  # offline, unknown id, no access: datasets raises many types
+        raise FileNotFoundError(
+            f"{source!r} is neither a local path nor a reachable Hugging Face Hub data set ({type(e).__name__}: {e})"
+        ) from e
 
 
 # ---- fields -------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def import_data(
         bar = tqdm(total=count_rows(files), unit="row", desc=f"import {fmt}", disable=not progress)
         try:
             for file in files:
-                base = Path(image_root) if image_root is not None else file.parent
+                base = Path(image_root) if image_root is not None else (file.parent if file.exists() else Path.cwd())
                 unit = "line" if file.suffix == ".jsonl" else "row"
                 for n, row in _read_rows(file):
                     bar.update()
@@ -147,7 +147,8 @@ def cached_import(
     (`$LIT_CAPRL_CACHE`, default `~/.cache/lit_caprl`) and reused while the inputs are
     unchanged (same paths, sizes and modification times), like the datasets library's cache."""
     files = input_files(source)
-    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else (str(f), 0, 0)
+             for f in files]  # a Hub id: keyed by its name (the datasets library caches its files)
     key = json.dumps([IMPORT_VERSION, fmt, stamp, str(image_root), skip_bad])
     name = Path(str(source).rstrip("/*")).stem
     out = cache_root() / "imports" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
