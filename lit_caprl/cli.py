@@ -249,8 +249,9 @@ def _pipeline(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="lit-caprl pipeline", description="Run a pipeline file's stages in order.")
     p.add_argument("file")
     p.add_argument("--force", metavar="STAGE", help="redo STAGE and every stage after it")
+    p.add_argument("--seed", type=int, help="seed of every stage ({seed}); the run goes to RUN_DIR-seedN")
     a = p.parse_args(argv)
-    run = run_pipeline(a.file, a.force)
+    run = run_pipeline(a.file, a.force, seed=a.seed)
     for md in sorted(run.glob("*/report.md")):
         print(f"== {md}\n{md.read_text()}")
     return 0

@@ -15,17 +15,21 @@ A pipeline file:
         init_from: null
         with_previous: true   # runs at the same time as the stage above, which must not feed it
 
-In strings, `{run}` is the run directory, `{out}` the stage's own output and `{NAME}` the
-output of an earlier stage NAME: a fit stage's output is its `save_pretrained` export
-(`{run}/NAME/export`), a command's is the directory `{run}/NAME`, which the command must
-write atomically. A stage whose output exists is done and skipped, so rerunning continues
-where the last run stopped; `--force NAME` redoes NAME and every stage after it. Wall times
-go to `{run}/stages.json`.
+In strings, `{run}` is the run directory, `{out}` the stage's own output, `{seed}` the run's
+seed (`--seed`, default 0; fit stages also get it as `seed_everything`, and a run with
+`--seed N` goes to `{run_dir}-seedN`) and `{NAME}` the output of an earlier stage NAME: a
+fit stage's output is its `save_pretrained` export (`{run}/NAME/export`), a command's is the
+directory `{run}/NAME`, which the command must write atomically. A stage whose output exists
+is done and skipped, so rerunning continues where the last run stopped; `--force NAME` redoes
+NAME and every stage after it. Wall times go to `{run}/stages.json`, with how far each fit
+stage trained and what stopped it: a stage that its `max_time` safety net cut short is
+reported loudly, here and in the report.
 
 Stages side by side (`with_previous`) share the machine's cores evenly (`OMP_NUM_THREADS`) and
 write their output to `{run}/logs/NAME.log`: tiny models gain little from a second thread, so
-two trainings at one thread each take about as long as one of them at two. If one fails, the
-pipeline stops once the others have finished, keeping what they wrote.
+two trainings at one thread each take about as long as one of them at two. Meanwhile the
+console shows one progress line per stage (from its `progress.json`, see `ProgressFile`).
+If one fails, the pipeline stops once the others have finished, keeping what they wrote.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from lit_caprl.callbacks.progress import progress_line
 
 _PREVIOUS = object()  # `init_from` absent: the previous fit stage
 
@@ -118,14 +124,15 @@ def _groups(stages: list[Stage]) -> list[list[Stage]]:
     return groups
 
 
-def stage_args(stage: Stage, stages: list[Stage], run: Path) -> list[str]:
+def stage_args(stage: Stage, stages: list[Stage], run: Path, seed: int = 0) -> list[str]:
     """The `lit-caprl` argument list of one stage, with placeholders filled in."""
     names = {s.name: str(s.output(run)) for s in stages}
-    ctx = {**names, "run": str(run), "out": str(stage.output(run))}
+    ctx = {**names, "run": str(run), "out": str(stage.output(run)), "seed": str(seed)}
     fill = lambda v: str(v).format_map(ctx)  # noqa: E731
     if stage.command:
         return [fill(a) for a in stage.command]
-    args = ["fit", "-c", stage.fit, f"--trainer.default_root_dir={run / stage.name}"]
+    args = ["fit", "-c", stage.fit, f"--trainer.default_root_dir={run / stage.name}", f"--seed_everything={seed}",
+            "--trainer.callbacks+=lit_caprl.callbacks.ProgressFile"]  # fmt: skip
     logger = (OmegaConf.to_container(OmegaConf.load(stage.fit)).get("trainer") or {}).get("logger")
     if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
         args.append(f"--trainer.logger.init_args.save_dir={run / stage.name}")  # logs beside the export
@@ -149,8 +156,12 @@ def run_in_subprocess(args: list[str], threads: int | None = None, log: Path | N
 Runner = Callable[[list[str], int | None, Path | None], None]
 
 
-def run_pipeline(path: str | Path, force: str | None = None, runner: Runner = run_in_subprocess) -> Path:
+def run_pipeline(
+    path: str | Path, force: str | None = None, runner: Runner = run_in_subprocess, seed: int | None = None
+) -> Path:
     run, stages = load_pipeline(path)
+    if seed is not None:
+        run = run.with_name(f"{run.name}-seed{seed}")
     names = [s.name for s in stages]
     if force is not None and force not in names:
         raise ValueError(f"--force {force!r}: no such stage; stages are {names}")
@@ -170,11 +181,12 @@ def run_pipeline(path: str | Path, force: str | None = None, runner: Runner = ru
                 todo.append(stage)
         failed = []
         if len(todo) == 1:
-            timings[todo[0].name] = _run_stage(todo[0], stages, run, runner)
+            timings[todo[0].name] = _run_stage(todo[0], stages, run, runner, seed=seed or 0)
         elif todo:
             threads = max(1, len(os.sched_getaffinity(0)) // len(todo))
-            with ThreadPoolExecutor(len(todo)) as pool:
-                futures = {s.name: pool.submit(_run_stage, s, stages, run, runner, threads) for s in todo}
+            with ThreadPoolExecutor(len(todo) + 1) as pool:
+                futures = {s.name: pool.submit(_run_stage, s, stages, run, runner, threads, seed or 0) for s in todo}
+                pool.submit(_show_progress, {s.name: run / s.name / "progress.json" for s in todo if s.fit}, futures)
             failed = [f.exception() for f in futures.values() if f.exception()]
             timings.update({name: f.result() for name, f in futures.items() if not f.exception()})
         _write_json(timings_file, timings)
@@ -183,9 +195,29 @@ def run_pipeline(path: str | Path, force: str | None = None, runner: Runner = ru
     return run
 
 
-def _run_stage(stage: Stage, stages: list[Stage], run: Path, runner: Runner, threads: int | None = None) -> dict:
-    """Run one stage (its output to `{run}/logs/NAME.log` when it runs beside others); its wall time."""
-    args = stage_args(stage, stages, run)
+PROGRESS_EVERY_S = 15.0
+
+
+def _show_progress(files: dict[str, Path], futures: dict) -> None:
+    """While stages run side by side, print one line per fit stage every `PROGRESS_EVERY_S`."""
+    due = time.monotonic() + PROGRESS_EVERY_S
+    while not all(f.done() for f in futures.values()):
+        time.sleep(0.1)
+        if time.monotonic() < due:
+            continue
+        due += PROGRESS_EVERY_S
+        for name, path in files.items():
+            with contextlib.suppress(OSError, ValueError):  # not written yet, or being replaced
+                state = json.loads(path.read_text())
+                print(progress_line(name, state) + ("  (done)" if futures[name].done() else ""), flush=True)
+
+
+def _run_stage(
+    stage: Stage, stages: list[Stage], run: Path, runner: Runner, threads: int | None = None, seed: int = 0
+) -> dict:
+    """Run one stage (its output to `{run}/logs/NAME.log` when it runs beside others); its wall
+    time and, for a fit stage, how far it trained and what stopped it."""
+    args = stage_args(stage, stages, run, seed)
     log = run / "logs" / f"{stage.name}.log" if threads else None
     beside = f" ({threads} thread(s), output in {log})" if log else ""
     print(f"== {stage.name}: lit-caprl {' '.join(args)}{beside}", flush=True)
@@ -195,7 +227,13 @@ def _run_stage(stage: Stage, stages: list[Stage], run: Path, runner: Runner, thr
         raise RuntimeError(f"stage {stage.name} finished without writing its output {stage.output(run)}")
     wall = round(time.perf_counter() - start, 1)
     print(f"== {stage.name}: {wall} s", flush=True)
-    return {"wall_s": wall}
+    record = stage.output(run) / "lit_caprl.json"
+    training = json.loads(record.read_text()).get("training", {}) if stage.fit and record.is_file() else {}
+    if training.get("stopped_by") == "time_limit":
+        print(f"== WARNING: {stage.name} was stopped by its time limit (max_time) after {training['steps']:,} of "
+              f"{training['max_steps']:,} steps: this machine is slower than the config assumes, and its model is "
+              "not the one the config promises. Raise trainer.max_time to let it finish.", flush=True)  # fmt: skip
+    return {"wall_s": wall} | training
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -147,7 +147,10 @@ def _cell(value: float | None, fmt: str = ".3f") -> str:
 
 
 def markdown(tables: dict[str, dict], stages: dict) -> str:
-    lines = []
+    cut = {name: s for name, s in stages.items() if s.get("stopped_by") == "time_limit"}
+    lines = [f"**WARNING: {name} was stopped by its time limit after {s['steps']:,} of {s['max_steps']:,} steps; "
+             "its model, and every row built on it, is not the one its config promises.**\n"
+             for name, s in cut.items()]  # fmt: skip
     for bench, rows in tables.items():
         lines += [f"**{bench}**", "", "| checkpoint | utility | best of N | precision | recall | length | gap closed |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -159,8 +162,11 @@ def markdown(tables: dict[str, dict], stages: dict) -> str:
                          f"| {_cell(r['recall'])} | {r['length']:.1f} | {pct} |")  # fmt: skip
         lines.append("")
     if stages:
-        lines += ["| stage | wall s |", "|---|---|"]
-        lines += [f"| {name} | {s['wall_s']:.0f} |" for name, s in stages.items()]
+        lines += ["| stage | wall s | steps | stopped by |", "|---|---|---|---|"]
+        for name, s in stages.items():
+            steps = s.get("rollout_steps", s.get("steps"))
+            lines.append(f"| {name} | {s['wall_s']:.0f} | {'' if steps is None else f'{steps:,}'} "
+                         f"| {s.get('stopped_by', '')} |")  # fmt: skip
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

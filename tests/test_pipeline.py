@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,31 @@ def test_a_stage_cannot_run_beside_one_it_reads(tmp_path):
     )
     with pytest.raises(ValueError, match=r"starts from \['a'\]"):
         load_pipeline(f)
+
+
+def test_seed_progress_lines_and_a_time_limited_stage_reported(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr("lit_caprl.pipeline.PROGRESS_EVERY_S", 0.2)
+    fake = FakeRunner(tmp_path / "run-seed3")
+
+    def runner(args, threads=None, log=None):
+        fake(args, threads, log)
+        if args[0] == "fit":
+            root = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--trainer.default_root_dir=")))
+            assert "--seed_everything=3" in args and "--trainer.callbacks+=lit_caprl.callbacks.ProgressFile" in args
+            progress = {"step": 3100, "total": 7000, "unit": "steps", "metric": "train/loss", "value": 0.41234,
+                        "elapsed_s": 10.0, "eta_s": 250.0}  # fmt: skip
+            (root / "progress.json").write_text(json.dumps(progress))
+            training = {"steps": 3100, "max_steps": 7000, "stopped_by": "time_limit" if root.name == "reader" else
+                        "steps"}  # fmt: skip
+            (root / "export" / "lit_caprl.json").write_text(json.dumps({"training": training}))
+            if threads:
+                time.sleep(0.5)  # long enough for a progress line
+
+    run = run_pipeline(_side_by_side(tmp_path), runner=runner, seed=3)
+    assert run == tmp_path / "run-seed3"
+    stages = json.loads((run / "stages.json").read_text())
+    assert stages["reader"]["stopped_by"] == "time_limit" and stages["rl"]["steps"] == 3100
+    out = capsys.readouterr().out
+    assert "WARNING: reader was stopped by its time limit (max_time) after 3,100 of 7,000 steps" in out
+    assert "   captioner      3,100/7,000 steps  train/loss 0.412  ETA 4:10" in out

@@ -29,6 +29,15 @@ def test_write_report_files_and_schema(tmp_path):
     assert "| grpo | 0.700 | - | 0.850 |" in md and (tmp_path / "report.png").stat().st_size > 0
 
 
+def test_a_time_limited_stage_is_flagged_at_the_top():
+    stages = {"reader_sft": {"wall_s": 480.0, "steps": 5702, "max_steps": 7000, "stopped_by": "time_limit"},
+              "grpo": {"wall_s": 250.0, "steps": 800, "rollout_steps": 800, "stopped_by": "steps"}}  # fmt: skip
+    md = report.markdown({"heldout": ROWS}, stages)
+    assert md.startswith("**WARNING: reader_sft was stopped by its time limit after 5,702 of 7,000 steps")
+    assert "| reader_sft | 480 | 5,702 | time_limit |" in md and "| grpo | 250 | 800 | steps |" in md
+    assert "WARNING" not in report.markdown({"heldout": ROWS}, {"grpo": stages["grpo"]})
+
+
 def test_report_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -1,5 +1,7 @@
 """SFT end to end on tiny models: the loss falls, weights change, exports and init_from chain."""
 
+import json
+import time
 from pathlib import Path
 
 import lightning as L
@@ -76,7 +78,9 @@ def test_export_round_trips_with_identical_logits(tiny_models, shapes_root, tmp_
     out = tmp_path / "export"
     _fit(module, ShapesCaptionData(shapes_root, batch_size=4), 3, tmp_path, [HFExport(str(out))])
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
-    assert not (out / mcq.EXPORT_RECORD).exists()  # a captioner learns no answer format
+    record = json.loads((out / mcq.EXPORT_RECORD).read_text())
+    assert "answer_format" not in record  # a captioner learns no answer format
+    assert record["training"] == {"steps": 3, "max_steps": 3, "stopped_by": "steps"}
     reloaded = load_model(str(out)).model  # from_pretrained, with the attention the stage used
     module.policy.eval()
     data = ShapesCaptionData(shapes_root, batch_size=4)
@@ -86,6 +90,20 @@ def test_export_round_trips_with_identical_logits(tiny_models, shapes_root, tmp_
     kwargs = module.adapter._forward_kwargs(prompts, targets.ids, targets.mask)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**kwargs).logits, module.policy(**kwargs).logits, rtol=0, atol=0)
+
+
+def test_an_export_says_when_its_time_limit_stopped_training(tiny_models, shapes_root, tmp_path):
+    class Slow(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            time.sleep(0.6)
+
+    out = tmp_path / "export"
+    trainer = L.Trainer(accelerator="cpu", max_steps=1000, max_time={"seconds": 1}, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=tmp_path, callbacks=[Slow(), HFExport(str(out))])
+    trainer.fit(SFTStage(tiny_models["qwen2"]), datamodule=ShapesReaderData(shapes_root, batch_size=4))
+    training = json.loads((out / mcq.EXPORT_RECORD).read_text())["training"]
+    assert training["stopped_by"] == "time_limit" and 1 <= training["steps"] < 1000
 
 
 def test_reader_export_records_its_answer_format_and_the_reward_asks_in_it(tiny_models, shapes_root, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from peft import PeftModel
 
 from lit_caprl.io import atomic_dir
@@ -30,6 +31,28 @@ def save_export(
     return Path(out)
 
 
+def training_record(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+    """How far training got and what stopped it: `steps` (the step budget), `time_limit` (the
+    `max_time` safety net: the model is not the one its config promises), or `epochs`."""
+    steps, budget = trainer.global_step, trainer.max_steps
+    rollout = getattr(pl_module, "rollout_step", None)
+    rollout_budget = getattr(pl_module.hparams, "max_rollout_steps", None)
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None
+    if rollout is not None and rollout_budget is not None and rollout >= rollout_budget:
+        stopped = "steps"
+    elif budget > 0 and steps >= budget:
+        stopped = "steps"
+    elif remaining is not None and remaining <= 0:
+        stopped = "time_limit"
+    else:
+        stopped = "epochs"
+    record = {"steps": steps, "max_steps": budget, "stopped_by": stopped}
+    if rollout is not None:
+        record |= {"rollout_steps": rollout, "max_rollout_steps": rollout_budget}
+    return record
+
+
 class HFExport(L.Callback):
     """At the end of `fit`, export the module's policy to `dirpath`; by default
     `<trainer.default_root_dir>/export`, where `lit-caprl pipeline` looks for a finished stage.
@@ -39,6 +62,8 @@ class HFExport(L.Callback):
     or with `merge_lora: false` as the adapters alone, which `init_from` also accepts (the only
     choice for a sharded LoRA policy). A model trained on a DataModule with an `answer_format`
     (reader and VLM MCQ SFT) records it, so the reward, `eval` and `curate` ask it that way.
+    The record also says how far training got and what stopped it (`training_record`): the
+    pipeline reports a stage its time limit cut short.
     """
 
     def __init__(self, dirpath: str | None = None, merge_lora: bool = True) -> None:
@@ -55,6 +80,8 @@ class HFExport(L.Callback):
                 model = merged_copy(model)
             out = self.dirpath or Path(trainer.default_root_dir) / "export"
             answer_format = getattr(trainer.datamodule, "answer_format", None)
-            record = {"answer_format": answer_format} if answer_format else None
+            record = {"training": training_record(trainer, pl_module)}
+            if answer_format:
+                record["answer_format"] = answer_format
             save_export(model, pl_module.adapter.processor, out, state, record)
         trainer.strategy.barrier("hf_export")
