@@ -53,8 +53,8 @@ def test_prism_benchmark_gives_the_same_utility_as_our_format(tiny_models, shape
     ours, prism = _benchmarks(shapes_root, tmp_path / "bench")
     policies = {"sft": tiny_models["qwen2_5_vl"]}
     common = dict(reader=tiny_models["qwen2"], policies=policies, n=6, seeds=[0, 1], max_new_tokens=12)
-    by_ours = report.evaluate_benchmarks({"shapes": str(ours)}, **common)["shapes"]
-    by_prism = report.evaluate_benchmarks({"prism": str(prism)}, fmt="prism", **common)["prism"]
+    by_ours = report.evaluate_benchmarks({"shapes": str(ours)}, **common)["shapes"]["rows"]
+    by_prism = report.evaluate_benchmarks({"prism": str(prism)}, fmt="prism", **common)["prism"]["rows"]
     assert by_prism["sft"]["utility"] == pytest.approx(by_ours["sft"]["utility"], abs=1e-6)
     assert by_prism["sft"]["utility"] != pytest.approx(by_prism["empty"]["utility"], abs=1e-4)  # it sees captions
     assert by_prism["empty"]["utility"] == pytest.approx(by_ours["empty"]["utility"], abs=1e-6)
