@@ -22,6 +22,7 @@ from lit_caprl.data import prompts
 from lit_caprl.data.datamodules import ListDataset, collate
 from lit_caprl.data.importer import cached_import
 from lit_caprl.data.schema import Record, load_records
+from lit_caprl.errors import MissingPath
 from lit_caprl.models.loading import load_export
 from lit_caprl.sampling import stream_seed
 
@@ -35,7 +36,7 @@ def source_records(source: str | Path, fmt: str = "jsonl", image_root: str | Non
     if path.is_dir() and fmt == "jsonl":
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+            raise MissingPath(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
         return [Record(str(f.relative_to(path)), f.resolve(), (), source=str(f)) for f in files]
     jsonl = path if fmt == "jsonl" else cached_import(source, fmt, image_root)
     return load_records(jsonl)[0]

@@ -1,4 +1,5 @@
-"""`lit-caprl`: LightningCLI for `fit`/`validate`/..., plus a few tools.
+"""`lit-caprl`: LightningCLI for `fit`/`validate` (`trainer_cli.py`), plus the tools. Heavy
+modules are imported by the command that needs them, so `--help` and the data tools answer fast.
 
 lit-caprl fit -c experiments/shapes/captioner_sft.yaml [-c more.yaml] [--model.init_args.lr=1e-4]
 lit-caprl make-tiny --family qwen2_5_vl --size small --out runs/models/qwen2_5_vl-small
@@ -16,32 +17,31 @@ lit-caprl curate --data val.jsonl --vlm VLM_EXPORT --reader READER_EXPORT --out 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
 
 MCQ_FORMATS = ("letter", "cloze", "caprl")  # lit_caprl.mcq.FORMATS, without importing torch for --help
 ANSWER_FORMAT_HELP = (
     "how the reader (and VLM) answer MCQs (see lit_caprl.mcq); default: the format their export records, else letter"
 )
+HELP = """usage: lit-caprl COMMAND [options]      (lit-caprl COMMAND --help for a command's options)
 
+train (LightningCLI, YAML configs in experiments/):
+  fit          train a stage: lit-caprl fit -c experiments/shapes/grpo.yaml [--key=value ...]
+  validate     run a stage's validation loop on a config (and --ckpt_path)
+tools:
+  pipeline     run a pipeline file's stages in order, skipping finished ones
+  data         ShapesWorld data (shapes), check JSONL (check), import CapRL / verl / captions / Prism data (import)
+  make-tiny    build a tiny random-init Qwen2.5-VL / LLaVA / Qwen2 model with a word-level tokenizer
+  caption      caption a folder, JSONL or parquet of images with a trained export (resumable)
+  eval         Prism-style caption utility of captioners on multiple-choice benchmarks
+  report       eval plus a run's reward curve, stage times and the reader's own accuracy
+  mine-pairs   sample, score and pair captions for DPO
+  curate       CapRL's QA filter: keep questions that need the image
 
-class CapRLCLI(LightningCLI):
-    """Subclass mode for model and data, OmegaConf interpolation in YAML, several `-c` merge."""
-
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
-        super().__init__(
-            L.LightningModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            parser_kwargs={"parser_mode": "omegaconf"},
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=run,
-        )
+A mistake in a command, config or data prints one line (LIT_CAPRL_DEBUG=1 shows the traceback).
+"""
 
 
 def _make_tiny(argv: list[str]) -> int:
@@ -271,9 +271,22 @@ TOOLS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in TOOLS:
-        return TOOLS[args[0]](args[1:])
-    CapRLCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+    if not args or args[0] in ("-h", "--help"):
+        print(HELP, end="")
+        return 0
+    from lit_caprl.errors import UserError
+
+    try:
+        if args[0] in TOOLS:
+            return TOOLS[args[0]](args[1:])
+        from lit_caprl.trainer_cli import CapRLCLI
+
+        CapRLCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+    except UserError as e:
+        if os.environ.get("LIT_CAPRL_DEBUG"):
+            raise
+        print(f"lit-caprl: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -14,6 +14,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     """Yield a fresh temp dir beside `out`; on success it replaces `out`, on error it is removed."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -23,6 +24,29 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, out)
+
+
+def remove_stale(out: Path) -> None:
+    """Remove what killed writers of `out` left behind (`.NAME.tmp-PID`, `.NAME.old-PID` of
+    processes that no longer run): a killed run's temp dir is cleaned at the next start."""
+    for left in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = left.name.rpartition("-")
+        if not (kind.endswith((".tmp", ".old")) and pid.isdigit()) or _alive(int(pid)):
+            continue
+        if left.is_dir():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def replace_dir(new: Path, out: Path) -> None:

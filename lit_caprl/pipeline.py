@@ -49,6 +49,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lit_caprl.callbacks.progress import progress_line
+from lit_caprl.errors import ConfigError, MissingPath
 
 _PREVIOUS = object()  # `init_from` absent: the previous fit stage
 
@@ -69,30 +70,32 @@ class Stage:
 def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
     """Parse and check a pipeline file: unique names, exactly one of fit/command per stage,
     `init_from` naming an earlier fit stage, no stage fed by one running beside it."""
+    if not Path(path).is_file():
+        raise MissingPath(f"pipeline file {path} does not exist (e.g. experiments/shapes/pipeline.yaml)")
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(cfg, dict) or "run_dir" not in cfg or not cfg.get("stages"):
-        raise ValueError(f"{path}: needs `run_dir` and a non-empty `stages` list")
+        raise ConfigError(f"{path}: needs `run_dir` and a non-empty `stages` list")
     stages: list[Stage] = []
     for i, raw in enumerate(cfg["stages"]):
         where = f"{path}: stages[{i}]"
         unknown = set(raw) - {"name", "fit", "command", "overrides", "init_from", "with_previous"}
         if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
         if "name" not in raw or any(s.name == raw["name"] for s in stages):
-            raise ValueError(f"{where}: every stage needs a unique `name`")
+            raise ConfigError(f"{where}: every stage needs a unique `name`")
         if bool(raw.get("fit")) == bool(raw.get("command")):
-            raise ValueError(f"{where} ({raw['name']}): give exactly one of `fit` (a config) or `command`")
+            raise ConfigError(f"{where} ({raw['name']}): give exactly one of `fit` (a config) or `command`")
         stage = Stage(**raw)
         if stage.init_from is not _PREVIOUS and stage.init_from is not None:
             if not any(s.name == stage.init_from and s.fit for s in stages):
-                raise ValueError(f"{where} ({stage.name}): init_from {stage.init_from!r} is not an earlier fit stage")
+                raise ConfigError(f"{where} ({stage.name}): init_from {stage.init_from!r} is not an earlier fit stage")
         if stage.with_previous:
             if not stages:
-                raise ValueError(f"{where} ({stage.name}): the first stage has no previous stage to run with")
+                raise ConfigError(f"{where} ({stage.name}): the first stage has no previous stage to run with")
             beside = [s.name for s in _groups(stages)[-1]]
             feeding = sorted(set(beside) & _inputs(stage, stages))
             if feeding:
-                raise ValueError(f"{where} ({stage.name}): runs with_previous but starts from {feeding}")
+                raise ConfigError(f"{where} ({stage.name}): runs with_previous but starts from {feeding}")
         stages.append(stage)
     return Path(cfg["run_dir"]), stages
 
@@ -164,7 +167,7 @@ def run_pipeline(
         run = run.with_name(f"{run.name}-seed{seed}")
     names = [s.name for s in stages]
     if force is not None and force not in names:
-        raise ValueError(f"--force {force!r}: no such stage; stages are {names}")
+        raise ConfigError(f"--force {force!r}: no such stage; stages are {names}")
     run.mkdir(parents=True, exist_ok=True)
     timings_file = run / "stages.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}

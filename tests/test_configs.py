@@ -6,7 +6,8 @@ import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
-from lit_caprl.cli import CapRLCLI, main
+from lit_caprl.cli import main
+from lit_caprl.trainer_cli import CapRLCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = sorted((ROOT / "experiments").rglob("*.yaml"))
@@ -16,7 +17,10 @@ OVERLAYS = [c for c in ALL if c.parent.name == "overlays"]  # `-c BASE.yaml -c o
 
 
 class ParseOnlyCLI(CapRLCLI):
-    def instantiate_classes(self) -> None:  # type-check every key without loading models
+    def before_instantiate_classes(self) -> None:  # type-check every key; model and data paths need not exist
+        pass
+
+    def instantiate_classes(self) -> None:  # without loading models
         pass
 
 

@@ -8,6 +8,7 @@ from lit_caprl.data import ShapesReaderData, prompts, shapes
 from lit_caprl.data.datamodules import reader_examples
 from lit_caprl.data.prompts import CANNOT_ANSWER
 from lit_caprl.data.schema import LETTERS, load_records
+from lit_caprl.errors import ConfigError
 from lit_caprl.models.tiny import build_tokenizer
 
 
@@ -104,7 +105,7 @@ def test_leaky_questions_are_answerable_from_their_own_text(tmp_path):
     assert all(q.type != "leaky" for r in load_records(plain / "train.jsonl")[0] for q in r.questions)
 
 
-def test_shapes_datamodules_write_data_on_first_use_only(tmp_path):
+def test_shapes_datamodules_write_data_only_when_asked_and_only_once(tmp_path):
     import lightning as L
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -112,7 +113,10 @@ def test_shapes_datamodules_write_data_on_first_use_only(tmp_path):
 
     for cls in (ShapesCaptionData, ShapesReaderData, ShapesPromptData):
         assert is_overridden("prepare_data", cls(str(tmp_path / "x")), L.LightningDataModule)
-    dm = ShapesCaptionData(str(tmp_path / "s"), n_train=6, n_val=2)
+    with pytest.raises(ConfigError, match=r"data.init_args.root: .*/typo holds no ShapesWorld data set"):
+        ShapesPromptData(str(tmp_path / "typo")).prepare_data()  # a mistyped root: no fresh data behind your back
+    assert not (tmp_path / "typo").exists()
+    dm = ShapesCaptionData(str(tmp_path / "s"), n_train=6, n_val=2, generate=True)
     dm.prepare_data()
     first = (tmp_path / "s" / "train.jsonl").stat().st_mtime_ns
     dm.prepare_data()

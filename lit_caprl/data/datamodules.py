@@ -2,8 +2,10 @@
 `{"image", "prompt", "record"}` for RL. The stage renders them through its model's chat
 template (see `models/adapter.py`), so the data path knows nothing about tokenizers.
 
-The ShapesWorld modules write their data in `prepare_data` when `root` is missing,
-like `download=True` elsewhere.
+The ShapesWorld modules read the data set under `root` (`lit-caprl data shapes --out ROOT`
+writes one); with `generate=True` they write it in `prepare_data` when it is missing, like
+`download=True` elsewhere. A `root` without a data set is otherwise an error: a mistyped path
+must not silently train on fresh data.
 """
 
 from __future__ import annotations
@@ -24,18 +26,24 @@ from lit_caprl import mcq
 from lit_caprl.data import prompts, shapes
 from lit_caprl.data.importer import cached_import
 from lit_caprl.data.schema import Record, load_records
+from lit_caprl.errors import ConfigError
 
 
 class _ShapesSource:
     """Mixin for ShapesWorld DataModules: the data set under `root`, written in `prepare_data`
-    if `root` is missing (like `download=True`), else used as it is."""
+    when missing only if `generate` (like `download=True`), else used as it is."""
 
-    def _shapes(self, root: str, n_train: int, n_val: int, seed: int) -> None:
+    def _shapes(self, root: str, n_train: int, n_val: int, seed: int, generate: bool = False) -> None:
         self.root, self.n_train, self.n_val, self.seed = Path(root), n_train, n_val, seed
+        self.generate = generate
 
     def prepare_data(self) -> None:
-        if not self.root.exists():
-            shapes.write_dataset(self.root, self.n_train, self.n_val, self.seed)
+        if (self.root / "train.jsonl").is_file():
+            return
+        if not self.generate:
+            raise ConfigError(f"data.init_args.root: {self.root} holds no ShapesWorld data set (train.jsonl); write "
+                              f"one with `lit-caprl data shapes --out {self.root}`, or set generate: true")  # fmt: skip
+        shapes.write_dataset(self.root, self.n_train, self.n_val, self.seed)
 
 
 def collate(examples: list[dict]) -> dict[str, list]:
@@ -207,9 +215,10 @@ class ShapesCaptionData(_ShapesSource, CaptionData):
         prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
         batch_size: int = 16,
         num_workers: int = 0,
+        generate: bool = False,
     ) -> None:
         super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
-        self._shapes(root, n_train, n_val, seed)
+        self._shapes(root, n_train, n_val, seed, generate)
         self.which = targets
 
     def targets(self, record: Record) -> list[str]:
@@ -269,11 +278,12 @@ class _ShapesQA(_ShapesSource, _Base):
         batch_size: int = 32,
         num_workers: int = 0,
         answer_format: mcq.AnswerFormat = "letter",
+        generate: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers)
         mcq.check_format(answer_format)
         self.answer_format = answer_format
-        self._shapes(root, n_train, n_val, seed)
+        self._shapes(root, n_train, n_val, seed, generate)
 
     def make_examples(self, records: list[Record], seed: int, training: bool) -> list:
         raise NotImplementedError
@@ -378,9 +388,10 @@ class ShapesPromptData(_ShapesSource, PromptData):
         prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
         batch_size: int = 16,
         num_workers: int = 0,
+        generate: bool = False,
     ) -> None:
         super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
-        self._shapes(root, n_train, n_val, seed)
+        self._shapes(root, n_train, n_val, seed, generate)
 
 
 class PairData(_FileData):

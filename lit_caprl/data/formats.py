@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from lit_caprl.data.schema import LETTERS
+from lit_caprl.errors import MissingPath
 
 Format = Literal["caprl-qa", "verl", "captions", "prism"]
 FORMATS = get_args(Format)
@@ -93,7 +94,7 @@ def input_files(source: str | Path) -> list[Path]:
     else:
         files = sorted(Path(p) for p in glob.glob(str(path)))
     if not files:
-        raise FileNotFoundError(f"no .parquet, .json or .jsonl input at {source}")
+        raise MissingPath(f"no .parquet, .json or .jsonl input at {source}")
     return files
 
 
@@ -162,7 +163,7 @@ def _hub_rows(source: str) -> Iterator[dict]:
     try:
         return iter(datasets.load_dataset(name, split=split or "train", streaming=True))
     except Exception as e:  # offline, unknown id, no access: datasets raises many types
-        raise FileNotFoundError(
+        raise MissingPath(
             f"{source!r} is neither a local path nor a reachable Hugging Face Hub data set ({type(e).__name__}: {e})"
         ) from e
 

@@ -28,6 +28,7 @@ from typing import Literal
 from PIL import Image
 
 from lit_caprl.data.images import open_rgb
+from lit_caprl.errors import UserError
 
 LETTERS = string.ascii_uppercase
 
@@ -45,7 +46,7 @@ class Problem:
         return f"{where}: {self.field}: {self.message}"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A record that cannot be used; the message names file, line and field."""
 
     def __init__(self, problems: list[Problem]):
@@ -194,6 +195,8 @@ def scan(path: str | Path) -> tuple[list[Record], list[Problem]]:
         lines = f.read().split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the newline that ends the last record
+    if not lines:
+        return [], [Problem(path, 0, "file", "is empty")]
     for n, raw in enumerate(lines, start=1):
         try:
             line = raw.decode("utf-8")

@@ -21,6 +21,7 @@ from transformers import (
 )
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
+from lit_caprl.errors import MissingPath
 from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.models.lora import LoRA, add_adapters
 
@@ -34,10 +35,10 @@ def resolve(name_or_path: str) -> str:
     if path.is_dir():
         return str(path)
     if path.exists():
-        raise FileNotFoundError(f"model path {name_or_path!r} is a file; expected a save_pretrained directory")
+        raise MissingPath(f"model path {name_or_path!r} is a file; expected a save_pretrained directory")
     if _HUB_ID.fullmatch(name_or_path) and not name_or_path.startswith((".", "/", "~")):
         return name_or_path
-    raise FileNotFoundError(
+    raise MissingPath(
         f"model directory {name_or_path!r} does not exist (resolved to {path.resolve()}); "
         "build one with `lit-caprl make-tiny` or give a Hub id like Qwen/Qwen2.5-VL-3B-Instruct"
     )
@@ -130,7 +131,7 @@ def load_policy(
                        gradient_checkpointing)  # fmt: skip
     ckpt = Path(init_from)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"init_from {init_from!r} is neither an export directory nor a checkpoint file")
+        raise MissingPath(f"init_from {init_from!r} is neither an export directory nor a checkpoint file")
     adapter = load_model(model, dtype, trust_remote_code, quantize=quantize)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     prefix = "policy."
