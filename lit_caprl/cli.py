@@ -130,12 +130,14 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tables(a: argparse.Namespace) -> dict:
-    from lit_caprl import report
-    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+    from lit_caprl.errors import ConfigError
 
     benchmarks = dict(item.split("=", 1) for item in a.benchmark) | ({"heldout": a.data} if a.data else {})
     if not benchmarks:
-        raise SystemExit("give at least one --benchmark NAME=FILE (or --data FILE)")
+        raise ConfigError("give at least one --benchmark NAME=FILE (or --data FILE)")
+    from lit_caprl import report
+    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+
     policies = dict(item.split("=", 1) for item in a.policy)
     return report.evaluate_benchmarks(benchmarks, a.reader, policies, a.n, a.seeds, a.answer_format, a.format,
                                       a.num_captions, a.temperature, a.prompt or DEFAULT_CAPTION_PROMPT,
@@ -143,14 +145,14 @@ def _tables(a: argparse.Namespace) -> dict:
 
 
 def _eval(argv: list[str]) -> int:
-    from lit_caprl import report
-    from lit_caprl.io import atomic_dir
-
     p = argparse.ArgumentParser(prog="lit-caprl eval", description="Prism-style caption utility: captioners caption "
                                 "each benchmark's images, a text-only reader answers its questions from the captions.")
     _benchmark_args(p)
     a = p.parse_args(argv)
     tables = _tables(a)
+    from lit_caprl import report
+    from lit_caprl.io import atomic_dir
+
     with atomic_dir(a.out) as tmp:
         print(report.write_report(tmp, tables))
     return 0
@@ -210,7 +212,6 @@ def _curate(argv: list[str]) -> int:
 
 
 def _caption(argv: list[str]) -> int:
-    from lit_caprl.captioning import caption
     from lit_caprl.data.formats import FORMATS
 
     p = argparse.ArgumentParser(prog="lit-caprl caption", description="Caption images with a trained export "
@@ -233,6 +234,11 @@ def _caption(argv: list[str]) -> int:
     p.add_argument("--devices", default="auto", help="devices (ranks) to caption on, as in `fit`")
     a = p.parse_args(argv)
     from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+    from lit_caprl.data.sources import source_records
+
+    source_records(a.source, a.format, a.image_root)  # a wrong --in fails here, before Lightning loads
+
+    from lit_caprl.captioning import caption
 
     devices = int(a.devices) if a.devices.isdigit() else a.devices
     n = caption(a.source, a.model, a.out, a.format, a.image_root, a.batch_size, a.accelerator, devices,
@@ -279,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args[0] in TOOLS:
             return TOOLS[args[0]](args[1:])
+        if not args[0].startswith("-") and args[0] not in ("fit", "validate"):
+            raise UserError(f"unknown command {args[0]!r}; the commands are fit, validate, {', '.join(TOOLS)} "
+                            "(lit-caprl --help)")  # fmt: skip
+        if args[0] in ("fit", "validate") and not {"-h", "--help"} & set(args):
+            from lit_caprl.preflight import early_check
+
+            early_check(args)  # mistakes the config shows, before Lightning is imported
         from lit_caprl.trainer_cli import CapRLCLI
 
         CapRLCLI(args=argv)  # None: LightningCLI reads sys.argv itself

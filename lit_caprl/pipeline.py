@@ -48,7 +48,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lit_caprl.callbacks.progress import progress_line
 from lit_caprl.errors import ConfigError, MissingPath
 
 _PREVIOUS = object()  # `init_from` absent: the previous fit stage
@@ -199,6 +198,14 @@ def run_pipeline(
 
 
 PROGRESS_EVERY_S = 15.0
+
+
+def progress_line(name: str, state: dict) -> str:
+    """`reader_sft  3,100/7,000 steps  train/loss 0.412  ETA 4:10`."""
+    total = f"/{state['total']:,}" if state.get("total") else ""
+    value = f"  {state['metric']} {state['value']:.3f}" if state.get("metric") else ""
+    eta = f"  ETA {int(state['eta_s']) // 60}:{int(state['eta_s']) % 60:02d}" if state.get("eta_s") is not None else ""
+    return f"   {name:<14} {state['step']:,}{total} {state['unit']}{value}{eta}"
 
 
 def _show_progress(files: dict[str, Path], futures: dict) -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import json
 import re
+import shutil
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lit_caprl.errors import ConfigError
-
-RL_STAGES = ("GRPOStage", "DPOStage")  # their policy writes captions: it must see images
+from lit_caprl.preflight import last_checkpoint, preflight
 
 
 class CapRLCLI(LightningCLI):
@@ -58,6 +57,13 @@ class CapRLCLI(LightningCLI):
             self.config[sub].ckpt_path = str(last_checkpoint(root))
             print(f"resuming from {self.config[sub].ckpt_path}", flush=True)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_unused_log_dir(self.trainer)
+            raise
+
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
         preflight(self.config[sub] if sub else self.config)
@@ -80,97 +86,13 @@ def config_error(message: str) -> ConfigError:
     return ConfigError("; ".join(lines[:3]) + (" ..." if len(lines) > 3 else ""))
 
 
-def last_checkpoint(root: Path) -> Path:
-    """The newest `last.ckpt` (a file, or a sharded checkpoint's directory) under `root`."""
-    found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-    if not found:
-        raise ConfigError(f"ckpt_path=last: no last.ckpt under {root.resolve()} (the run's trainer.default_root_dir); "
-                          "save one with ModelCheckpoint(save_last: true), or give the checkpoint's path")  # fmt: skip
-    return found[-1]
-
-
-def _local_config(path: object) -> dict | None:
-    """A local `save_pretrained` directory's config.json, or None (a Hub id, a checkpoint, adapters)."""
-    if not isinstance(path, str) or not (Path(path) / "config.json").is_file():
-        return None
-    return json.loads((Path(path) / "config.json").read_text())
-
-
-def _kind(config: dict) -> str:
-    return f"{config.get('model_type')} ({'vision-language' if 'vision_config' in config else 'text-only'})"
-
-
-def _exists(key: str, path: object) -> None:
-    from lit_caprl.models.loading import resolve
-
-    try:
-        resolve(str(path))
-    except FileNotFoundError as e:
-        raise ConfigError(f"{key}: {e}") from None
-
-
-def preflight(cfg: Any) -> None:
-    """Check a parsed `fit` config before any model or data loads; raise one `ConfigError`."""
-    model = cfg.get("model") or {}
-    args = model.get("init_args") or {}
-    stage = str(model.get("class_path", "")).rsplit(".", 1)[-1]
-    key = "model.init_args"
-    if args.get("lr") is not None and not args["lr"] > 0:
-        raise ConfigError(f"{key}.lr must be > 0, got {args['lr']}")
-    if args.get("vision_lr") is not None and args["vision_lr"] < 0:
-        raise ConfigError(f"{key}.vision_lr must be >= 0 (0 freezes the vision tower), got {args['vision_lr']}")
-    if args.get("num_generations") is not None and args["num_generations"] < 2:
-        raise ConfigError(f"{key}.num_generations must be >= 2: GRPO compares captions of one image, got "
-                          f"{args['num_generations']}")  # fmt: skip
-    if args.get("model") is not None:
-        _exists(f"{key}.model", args["model"])
-    init_from = args.get("init_from")
-    if init_from is not None:
-        path = Path(str(init_from))
-        if not (path.is_file() or (path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
-            raise ConfigError(f"{key}.init_from: {init_from} is neither an export directory (config.json) nor a "
-                              "checkpoint file; give the previous stage's export, e.g. runs/NAME/export")  # fmt: skip
-    base, start = _local_config(args.get("model")), _local_config(init_from)
-    if base is not None and start is not None and _kind(base) != _kind(start):
-        raise ConfigError(f"{key}.init_from: {init_from} is a {_kind(start)} model but model {args['model']} is a "
-                          f"{_kind(base)} one; init_from must be an export of the same model")  # fmt: skip
-    policy = start or base
-    if stage in RL_STAGES and policy is not None and "vision_config" not in policy:
-        raise ConfigError(f"{key}: the {stage} policy must be a vision-language captioner, but "
-                          f"{init_from or args['model']} is {_kind(policy)} (a reader export?)")  # fmt: skip
-    reward = args.get("reward")
-    reward_args = reward.get("init_args") if hasattr(reward, "get") else None
-    for reader_key, reader in _readers(reward_args, f"{key}.reward.init_args"):
-        _exists(reader_key, reader)
-        config = _local_config(reader)
-        if config is not None and "vision_config" in config:
-            raise ConfigError(f"{reader_key}: the reader must be a text-only LLM (it never sees the image), but "
-                              f"{reader} is {_kind(config)} (a captioner export?)")  # fmt: skip
-    _check_data(cfg.get("data") or {})
-
-
-def _readers(args: Any, key: str) -> list[tuple[str, str]]:
-    """(key, reader path) of a CapRLQAReward, also inside a CompositeReward's terms."""
-    if not args:
-        return []
-    out = [(f"{key}.reader", args["reader"])] if args.get("reader") is not None else []
-    for name, term in (args.get("terms") or {}).items():
-        term_args = term.get("init_args") if hasattr(term, "get") else None
-        out += _readers(term_args, f"{key}.terms.{name}.init_args")
-    return out
-
-
-def _check_data(data: Any) -> None:
-    args = data.get("init_args") or {}
-    key = "data.init_args"
-    if args.get("root") is not None and not args.get("generate"):
-        if not (Path(args["root"]) / "train.jsonl").is_file():
-            raise ConfigError(f"{key}.root: {args['root']} holds no ShapesWorld data set (train.jsonl); write one "
-                              f"with `lit-caprl data shapes --out {args['root']}`, or set generate: true")  # fmt: skip
-    if (args.get("format") or "jsonl") == "jsonl":
-        for name in ("train_file", "val_file"):
-            if args.get(name) is not None and not Path(args[name]).is_file():
-                raise ConfigError(f"{key}.{name}: {args[name]} does not exist")
-    for name in ("batch_size", "num_workers"):
-        if args.get(name) is not None and args[name] < (1 if name == "batch_size" else 0):
-            raise ConfigError(f"{key}.{name} must be {'>= 1' if name == 'batch_size' else '>= 0'}, got {args[name]}")
+def remove_unused_log_dir(trainer: L.Trainer) -> None:
+    """A fit that failed before it logged or saved anything leaves no empty `version_N` behind
+    (only the config LightningCLI saved there); the run directory itself is never touched."""
+    if trainer.logger is None or not trainer.is_global_zero or trainer.logger.log_dir is None:
+        return
+    log_dir = Path(trainer.logger.log_dir)
+    if not log_dir.is_dir() or log_dir.resolve() == Path(trainer.default_root_dir).resolve():
+        return
+    if all(p.is_file() and p.name in ("config.yaml", "hparams.yaml") for p in log_dir.iterdir()):
+        shutil.rmtree(log_dir)

@@ -10,8 +10,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from lit_caprl.captioning import written_ids
 from lit_caprl.data.images import open_rgb, to_rgb
+from lit_caprl.data.sources import written_ids
 
 
 def _image(i: int) -> Image.Image:
@@ -86,7 +86,7 @@ def test_huge_and_mixed_images_are_bounded_by_the_processor(tiny_models):
 def test_a_corrupt_image_is_named_with_its_record(tmp_path):
     import pytest
 
-    from lit_caprl.captioning import source_records
+    from lit_caprl.data.sources import source_records
 
     folder = write_images(tmp_path / "images")
     (folder / "07.png").write_bytes((folder / "07.png").read_bytes()[:60])  # truncated

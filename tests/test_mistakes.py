@@ -101,8 +101,9 @@ def test_tool_mistakes(tmp_path, shapes_root):
         lit_caprl("data", "import", "--format", "caprl-qa", "--in", "typo.parquet", "--out", str(tmp_path / "o")))
     no_images = lit_caprl("caption", "--model", "m", "--in", str(tmp_path), "--out", str(tmp_path / "c.jsonl"))
     assert "no images" in one_line_error(no_images)
-    done = lit_caprl("predict", "-c", "experiments/shapes/grpo.yaml")
-    assert done.returncode == 2 and "invalid choice: 'predict'" in done.stderr and "Traceback" not in done.stderr
+    assert "unknown command 'predict'; the commands are fit, validate, make-tiny" in one_line_error(
+        lit_caprl("predict", "-c", "experiments/shapes/grpo.yaml"))
+    assert "give at least one --benchmark" in one_line_error(lit_caprl("eval", "--reader", "r", "--out", "o"))
 
 
 def test_a_bad_data_line_is_named_and_on_bad_record_skip_keeps_going(tmp_path, shapes_root):
@@ -141,3 +142,26 @@ def test_resume_with_the_readme_command(sft_args, tmp_path):
     assert steps == [3, 4], steps  # only the two steps it had left
     record = json.loads((tmp_path / "export" / "lit_caprl.json").read_text())
     assert record["training"]["steps"] == 5
+
+
+def test_a_failed_fit_leaves_no_empty_run_dir(sft_args, shapes_root, tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"id": "a", "image": "nope.png", "captions": ["x"]}\n')
+    args = [a for a in sft_args if not a.startswith("--trainer.logger")]
+    done = lit_caprl(*args, "--data=lit_caprl.data.CaptionData", f"--data.init_args.train_file={bad}",
+                     f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+                     f"--trainer.logger.init_args.save_dir={tmp_path}")  # fmt: skip
+    assert f"{bad}:1: image: image file" in one_line_error(done)
+    assert not (tmp_path / "lightning_logs").exists() or not list((tmp_path / "lightning_logs").iterdir())
+
+
+def test_temp_dirs_of_killed_writers_are_cleaned_at_the_next_start(tmp_path):
+    from lit_caprl.io import atomic_dir
+
+    dead = tmp_path / ".pairs.tmp-999999999"  # no such process
+    alive = tmp_path / f".pairs.tmp-{os.getppid()}"  # a running writer's: left alone
+    dead.mkdir()
+    alive.mkdir()
+    with atomic_dir(tmp_path / "pairs") as tmp:
+        (tmp / "pairs.jsonl").write_text("")
+    assert not dead.exists() and alive.exists() and (tmp_path / "pairs" / "pairs.jsonl").exists()
