@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lit_caprl.errors import ConfigError, MissingPath
 from lit_caprl.models.paths import resolve
 
@@ -22,8 +24,6 @@ def early_check(argv: list[str]) -> None:
     """`preflight` on the config as the command line gives it (`-c` files merged left to right,
     then `--key=value` overrides). Only an early warning: whatever this cannot read, LightningCLI
     parses and checks again."""
-    from omegaconf import OmegaConf
-
     files, overrides, i = [], [], 1
     while i < len(argv):
         arg = argv[i]
@@ -42,17 +42,31 @@ def early_check(argv: list[str]) -> None:
         if not Path(f).is_file():
             raise MissingPath(f"config file {f} does not exist")
     try:
-        merged = OmegaConf.merge(*[OmegaConf.load(f) for f in files], OmegaConf.from_dotlist(overrides))
-        cfg = OmegaConf.to_container(merged, resolve=False)
+        cfg: dict = {}
+        for f in files:
+            cfg = _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
+        for item in overrides:
+            key, value = item.split("=", 1)
+            node: Any = yaml.safe_load(value) if value else None
+            for part in reversed(key.split(".")):
+                node = {part: node}
+            cfg = _merge(cfg, node)
     except Exception:  # noqa: BLE001 - syntax this reader does not know: LightningCLI will parse it
         return
     if isinstance(cfg, dict):
-        for key in [o.split("=", 1)[0] for o in overrides]:  # a class swapped on the command line resets
-            if key in ("model", "data") or key in ("model.class_path", "data.class_path"):  # its init_args:
-                cfg.pop(key.split(".")[0], None)  # leave that section to LightningCLI's own check
         preflight(cfg)
         if cfg.get("ckpt_path") == "last":
             last_checkpoint(Path((cfg.get("trainer") or {}).get("default_root_dir") or "."))
+
+
+def _merge(base: Any, new: Any) -> Any:
+    """`new` over `base` as LightningCLI merges configs: dicts key by key, except that a node
+    whose `class_path` changes is replaced whole (the new class has its own init_args)."""
+    if not (isinstance(base, dict) and isinstance(new, dict)):
+        return new
+    if "class_path" in new and new["class_path"] != base.get("class_path"):
+        return new
+    return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in new.items()}}
 
 
 def _number(value: Any) -> float | None:
@@ -92,7 +106,8 @@ def _exists(key: str, path: object) -> None:
 
 def preflight(cfg: Any) -> None:
     """Check a parsed `fit` config before any model or data loads; raise one `ConfigError`."""
-    model = cfg.get("model") or {}
+    model = cfg.get("model")
+    model = model if hasattr(model, "get") else {}  # a class given by name alone: LightningCLI checks it
     args = model.get("init_args") or {}
     stage = str(model.get("class_path", "")).rsplit(".", 1)[-1]
     key = "model.init_args"
@@ -128,7 +143,8 @@ def preflight(cfg: Any) -> None:
         if config is not None and "vision_config" in config:
             raise ConfigError(f"{reader_key}: the reader must be a text-only LLM (it never sees the image), but "
                               f"{reader} is {_kind(config)} (a captioner export?)")  # fmt: skip
-    _check_data(cfg.get("data") or {})
+    data = cfg.get("data")
+    _check_data(data if hasattr(data, "get") else {})
 
 
 def _readers(args: Any, key: str) -> list[tuple[str, str]]:
