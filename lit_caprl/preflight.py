@@ -8,6 +8,8 @@ then on the config LightningCLI parsed (the authoritative one). Each problem is 
 
 from __future__ import annotations
 
+import ast
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,8 @@ def early_check(argv: list[str]) -> None:
     except Exception:  # noqa: BLE001 - syntax this reader does not know: LightningCLI will parse it
         return
     if isinstance(cfg, dict):
+        _check_keys(cfg.get("model"), "model")
+        _check_keys(cfg.get("data"), "data")
         preflight(cfg)
         if cfg.get("ckpt_path") == "last":
             last_checkpoint(Path((cfg.get("trainer") or {}).get("default_root_dir") or "."))
@@ -67,6 +71,49 @@ def _merge(base: Any, new: Any) -> Any:
     if "class_path" in new and new["class_path"] != base.get("class_path"):
         return new
     return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in new.items()}}
+
+
+def accepted_arguments(class_path: str) -> list[str] | None:
+    """The `__init__` argument names of one of our classes, read from its source without
+    importing it (importing a stage pulls in torch and transformers: seconds); None when they
+    cannot be read this way (another package's class, `**kwargs`, a parent's `__init__`)."""
+    module, _, name = class_path.rpartition(".")
+    if not module.startswith("lit_caprl"):
+        return None
+    root = Path(__file__).parent  # the lit_caprl package: its modules are files under it
+    for _ in range(3):  # follow `from X import name` re-exports of a package's __init__
+        path = root.joinpath(*module.split(".")[1:])
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if not path.is_file():
+            return None
+        tree = ast.parse(path.read_text())
+        cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+        if cls is not None:
+            init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+            if init is None or init.args.vararg or init.args.kwarg:
+                return None
+            return [a.arg for a in [*init.args.args, *init.args.kwonlyargs] if a.arg != "self"]
+        source = next((n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
+                       and any(alias.name == name for alias in n.names)), None)  # fmt: skip
+        if source is None:
+            return None
+        module = source
+    return None
+
+
+def _check_keys(section: Any, key: str) -> None:
+    """A misspelt `init_args` key of one of our classes, with the closest names it accepts."""
+    if not hasattr(section, "get") or not isinstance(section.get("class_path"), str):
+        return
+    accepted = accepted_arguments(section["class_path"])
+    if accepted is None:
+        return
+    for name in section.get("init_args") or {}:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=3)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"it accepts {accepted}"
+            owner = section["class_path"].rsplit(".", 1)[-1]
+            raise ConfigError(f"{key}.init_args.{name}: {owner} has no option {name!r}; {hint}")
 
 
 def _number(value: Any) -> float | None:
