@@ -35,7 +35,6 @@ from lit_caprl.errors import MissingPath
 
 Format = Literal["caprl-qa", "verl", "captions", "prism"]
 FORMATS = get_args(Format)
-CAPRL_CHOICE_LETTERS = LETTERS[:9]  # CapRL's reader answers A-I
 
 
 class BadRow(ValueError):

@@ -18,8 +18,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lit_caprl.data.formats import FORMATS, BadRow, Converted, Format, convert, count_rows, image_hash, input_files
-from lit_caprl.data.formats import read_rows as _read_rows
+from lit_caprl.data.formats import (
+    FORMATS,
+    BadRow,
+    Converted,
+    Format,
+    convert,
+    count_rows,
+    image_hash,
+    input_files,
+    read_rows,
+)
 from lit_caprl.data.images import image_format
 from lit_caprl.data.schema import DataError, Problem
 from lit_caprl.io import atomic_dir
@@ -70,7 +79,7 @@ def import_data(
             for file in files:
                 base = Path(image_root) if image_root is not None else (file.parent if file.exists() else Path.cwd())
                 unit = "line" if file.suffix == ".jsonl" else "row"
-                for n, row in _read_rows(file):
+                for n, row in read_rows(file):
                     bar.update()
                     counts["rows"] += 1
                     try:
