@@ -63,7 +63,9 @@ def default_attention(config: PretrainedConfig) -> str:
     reader): there PyTorch's flash kernel is slower on the CPU than a plain matmul and softmax
     (a training step: 140 against 107 ms). Vision models keep "sdpa": the tiny Qwen2.5-VL
     gained 3% from eager, and its captioner SFT then named colours and shapes at chance
-    (object precision 0.22 against 0.96, same seed and config; not understood)."""
+    (object precision 0.22 against 0.96, same seed and config). Both take the same path for
+    the vision tower; the captioner recipe bifurcates on small perturbations (other seeds
+    fail the same way under sdpa, RESULTS.md), which the rounding difference triggers."""
     if hasattr(config, "vision_config"):
         return "sdpa"
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
