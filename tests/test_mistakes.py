@@ -152,6 +152,7 @@ def test_a_failed_fit_leaves_no_empty_run_dir(sft_args, shapes_root, tmp_path):
                      f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
                      f"--trainer.logger.init_args.save_dir={tmp_path}")  # fmt: skip
     assert f"{bad}:1: image: image file" in one_line_error(done)
+    assert "(data.init_args.on_bad_record: skip trains without such records" in done.stderr
     assert not (tmp_path / "lightning_logs").exists() or not list((tmp_path / "lightning_logs").iterdir())
 
 

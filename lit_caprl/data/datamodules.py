@@ -25,7 +25,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from lit_caprl import mcq
 from lit_caprl.data import prompts, shapes
 from lit_caprl.data.importer import cached_import
-from lit_caprl.data.schema import Record, load_records
+from lit_caprl.data.schema import DataError, Record, load_records
 from lit_caprl.errors import ConfigError
 
 
@@ -156,7 +156,13 @@ class _FileData(_Base):
 
     def _load(self, path: str) -> list[Record]:
         jsonl = self._jsonl(path)
-        records, problems = load_records(jsonl, self.on_bad_record)
+        try:
+            records, problems = load_records(jsonl, self.on_bad_record)
+        except DataError as e:
+            if self.on_bad_record == "skip":  # nothing good was left
+                raise
+            raise DataError(e.problems, "(data.init_args.on_bad_record: skip trains without such records, "
+                                        "counting and listing them)") from None  # fmt: skip
         skipped = [str(p) for p in problems]
         if jsonl != Path(path):  # rows the import skipped
             skipped = json.loads((jsonl.parent / "import.json").read_text())["skipped_rows"] + skipped

@@ -49,9 +49,9 @@ class Problem:
 class DataError(UserError, ValueError):
     """A record that cannot be used; the message names file, line and field."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], hint: str = ""):
         self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        super().__init__("\n".join([*(str(p) for p in problems), *([hint] if hint else [])]))
 
 
 @dataclass(frozen=True)
