@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from lit_caprl.data import prompts
 from lit_caprl.data.datamodules import ListDataset, collate
 from lit_caprl.data.sources import source_records, written_ids
+from lit_caprl.evaluate import caption_images, check_num_captions
 from lit_caprl.models.loading import load_export
 from lit_caprl.sampling import stream_seed
 
@@ -42,9 +43,7 @@ class Captioner(L.LightningModule):
         dtype: str = "float32",
     ) -> None:
         super().__init__()
-        if temperature == 0 and num_captions > 1:
-            raise ValueError(f"num_captions={num_captions} with greedy decoding (temperature 0) gives identical "
-                             "captions; set a temperature > 0")  # fmt: skip
+        check_num_captions(num_captions, temperature)
         self.adapter = load_export(model, base, dtype)
         self.policy = self.adapter.model
         self.policy.eval()
@@ -56,16 +55,8 @@ class Captioner(L.LightningModule):
         """Each batch draws from its own seed stream (its first id), whatever ran before it."""
         torch.manual_seed(stream_seed(self.seed, batch["id"][0]))
         n = self.num_captions
-        text = self.adapter.chat(self.prompt, with_image=True)
-        prompts_ = self.adapter.encode_prompts([text] * len(batch["id"]), batch["image"]).to(self.device)
-        rows = torch.arange(len(batch["id"]), device=self.device).repeat_interleave(n)
-        prompts_ = self.adapter.select(prompts_, rows)
-        sample = self.temperature > 0
-        completions = self.adapter.generate(
-            prompts_, self.max_new_tokens, temperature=self.temperature if sample else 1.0, top_p=self.top_p,
-            do_sample=sample, group=n,
-        )  # fmt: skip
-        captions = self.adapter.decode(completions)
+        captions = caption_images(self.adapter, batch["image"], self.prompt, self.max_new_tokens, self.temperature,
+                                  self.top_p, n)  # fmt: skip
         return [{"id": rid, "image": path, "captions": captions[i * n : (i + 1) * n]}
                 for i, (rid, path) in enumerate(zip(batch["id"], batch["path"], strict=True))]  # fmt: skip
 

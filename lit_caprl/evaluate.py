@@ -24,7 +24,35 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
+def check_num_captions(num_captions: int, temperature: float) -> None:
+    if temperature == 0 and num_captions > 1:
+        raise ValueError(f"num_captions={num_captions} with greedy decoding (temperature 0) gives identical "
+                         "captions; set a temperature > 0")  # fmt: skip
+
+
 @torch.no_grad()
+def caption_images(
+    adapter: VLMAdapter,
+    images: list,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    num_captions: int = 1,
+) -> list[str]:
+    """`num_captions` captions per image, an image's consecutively, in one batch: each image and
+    prompt encoded once, its cache shared by its captions. `temperature=0` is greedy."""
+    device = adapter.model.device
+    text = adapter.chat(prompt, with_image=True)
+    batch = adapter.encode_prompts([text] * len(images), images).to(device)
+    if num_captions > 1:
+        batch = adapter.select(batch, torch.arange(len(images), device=device).repeat_interleave(num_captions))
+    sample = temperature > 0
+    comps = adapter.generate(batch, max_new_tokens, temperature=temperature if sample else 1.0, top_p=top_p,
+                             do_sample=sample, group=num_captions)  # fmt: skip
+    return adapter.decode(comps)
+
+
 def generate_captions(
     adapter: VLMAdapter,
     records: list[Record],
@@ -35,23 +63,14 @@ def generate_captions(
     seed: int = 0,
     num_captions: int = 1,
 ) -> list[str]:
-    """`num_captions` captions per record, a record's consecutively; `temperature=0` is greedy
-    (one caption: greedy captions of one image are identical)."""
-    if temperature == 0 and num_captions > 1:
-        raise ValueError(f"num_captions={num_captions} needs a sampling temperature > 0")
+    """`caption_images` over `records` in batches of `batch_size`, seeded once."""
+    check_num_captions(num_captions, temperature)
     torch.manual_seed(seed)
     adapter.model.eval()
     out = []
-    text = adapter.chat(prompt, with_image=True)
-    device = adapter.model.device
     for chunk in _chunks(records, batch_size):
-        batch = adapter.encode_prompts([text] * len(chunk), [r.load_image() for r in chunk]).to(device)
-        if num_captions > 1:
-            batch = adapter.select(batch, torch.arange(len(chunk), device=device).repeat_interleave(num_captions))
-        sample = temperature > 0
-        comps = adapter.generate(batch, max_new_tokens, temperature=temperature if sample else 1.0, do_sample=sample,
-                                 group=num_captions)  # fmt: skip
-        out += adapter.decode(comps)
+        out += caption_images(adapter, [r.load_image() for r in chunk], prompt, max_new_tokens, temperature,
+                              num_captions=num_captions)  # fmt: skip
     return out
 
 
