@@ -139,3 +139,20 @@ def test_attention_is_eager_only_for_narrow_text_only_models(tiny_models):
     assert load_model(tiny_models["qwen2"]).model.config._attn_implementation == "eager"
     for family in ("qwen2_5_vl", "llava"):
         assert load_model(tiny_models[family]).model.config._attn_implementation == "sdpa"
+
+
+def test_patch_embedding_as_matmul_matches_the_conv_and_keeps_checkpoints(tiny_models, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from lit_caprl.models.adapter import ConvAsLinear
+
+    adapter = load_model(tiny_models["qwen2_5_vl"])
+    embed = adapter.base.model.visual.patch_embed
+    assert isinstance(embed.proj, ConvAsLinear)
+    plain = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_5_vl"]).model.visual.patch_embed
+    assert isinstance(plain.proj, torch.nn.Conv3d)
+    pixels = torch.randn(18, 3 * 2 * shapes.CELL * shapes.CELL)
+    torch.testing.assert_close(embed(pixels), plain(pixels), atol=1e-5, rtol=1e-5)
+    adapter.base.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).model.visual.patch_embed
+    torch.testing.assert_close(reloaded.proj.weight, plain.proj.weight, atol=0, rtol=0)

@@ -10,6 +10,9 @@ reward all reduce to "log-probs of these completion tokens after these prompts",
   `rope_deltas` during `generate`, which must be reset before a training forward.
 - LLaVA and text-only decoders: positions come from the attention mask, so left padding
   does not shift them.
+- Patch embeddings that are a Conv3d with stride = kernel (Qwen2-VL family) run as the matmul
+  they are (`ConvAsLinear`): same weights and outputs, and PyTorch's CPU conv3d backward is ~6x
+  slower than the matmul's (23 against 3.7 ms per tiny captioner step).
 """
 
 from __future__ import annotations
@@ -83,6 +86,27 @@ class TextCache:
         return TextCache(self.kv, self.mask[index], self.next_position[index])
 
 
+class ConvAsLinear(torch.nn.Module):
+    """A Conv3d whose stride equals its kernel, computed as one matmul over flattened patches.
+    It keeps the conv's `weight` (same name and shape), so checkpoints do not change."""
+
+    def __init__(self, conv: torch.nn.Conv3d) -> None:
+        super().__init__()
+        self.weight = conv.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.flatten(1), self.weight.flatten(1))
+
+
+def patches_as_matmul(model: torch.nn.Module) -> None:
+    """Swap every non-overlapping Conv3d patch embedding (`patch_embed.proj`) for `ConvAsLinear`."""
+    for name, module in model.named_modules():
+        conv = getattr(module, "proj", None)
+        if name.endswith("patch_embed") and isinstance(conv, torch.nn.Conv3d) and conv.bias is None:
+            if tuple(conv.kernel_size) == tuple(conv.stride) and conv.padding == (0, 0, 0) and conv.groups == 1:
+                module.proj = ConvAsLinear(conv)
+
+
 class VLMAdapter:
     """Wraps a Hugging Face model and its processor (or tokenizer, for text-only readers)."""
 
@@ -90,6 +114,7 @@ class VLMAdapter:
         self.model = model  # possibly wrapped by peft or FSDP2; `base` is the HF model itself
         self.base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.processor = processor
+        patches_as_matmul(self.base)
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
         self.mrope = model.config.model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -358,8 +383,9 @@ class VLMAdapter:
         """Encode each distinct prompt (all but its last token) once, repeat the cache G times,
         and return `generate` kwargs that continue from it: the images are already in the cache."""
         _, prefill = self._distinct_prompts(batch, group)
-        prefill.pop("position_ids", None)
-        for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        # Positions as `generate` counts them (from the attention mask), so a left-padded prompt's
+        # cache matches the one plain generation builds (mrope models compute theirs from the mask).
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids"):
             if key in prefill:  # left padding: the last column is always a real (text) token
                 prefill[key] = prefill[key][:, :-1]
         prefill["use_cache"] = True
