@@ -54,6 +54,21 @@ def test_gold_caption_answers_every_question_and_partial_caption_cannot():
     assert shapes.answer_from_objects(q, ["red", "blue", "green", "yellow"], [a, b]) == "blue"
 
 
+def test_short_captions_name_the_most_salient_objects_and_mostly_one():
+    rng = random.Random(2)
+    lengths = []
+    for _ in range(2000):
+        objs = shapes.sample_scene(rng, 4, 4)
+        (cap,) = shapes.short_captions(rng, objs, 1)
+        named = shapes.parse_caption(cap)
+        salient = sorted(objs, key=lambda o: (o.size == "small", shapes.POSITIONS.index(o.position)))
+        assert set(named) == set(salient[: len(named)])  # the big ones first, then reading order
+        assert cap == shapes.caption(named)  # written in reading order, like a gold caption
+        lengths.append(len(named))
+    shares = [lengths.count(k) / len(lengths) for k in (1, 2, 3, 4)]
+    assert shares == pytest.approx(shapes.SHORT_LENGTHS, abs=0.03)
+
+
 @pytest.mark.parametrize("answer_format", ["letter", "cloze"])
 def test_reader_examples_label_omitted_objects_cannot_answer(shapes_root, answer_format):
     records, _ = load_records(Path(shapes_root) / "train.jsonl")
@@ -122,4 +137,4 @@ def test_shapes_datamodules_write_data_only_when_asked_and_only_once(tmp_path):
     dm.prepare_data()
     assert (tmp_path / "s" / "train.jsonl").stat().st_mtime_ns == first
     dm.setup()
-    assert len(dm.train_set) == 6 * 2  # two partial captions per scene
+    assert len(dm.train_set) == 6 * 2  # two short captions per scene

@@ -208,8 +208,9 @@ class CaptionData(_FileData):
 
 
 class ShapesCaptionData(_ShapesSource, CaptionData):
-    """ShapesWorld captions; `targets="partial"` trains on captions that mention a random
-    subset of the objects (what the CapRL demo starts RL from), "gold" on dense captions."""
+    """ShapesWorld captions; `targets="short"` trains on captions that name the most salient
+    one or two objects (what the CapRL demo starts RL from), "partial" on random subsets of the
+    objects, "gold" on dense captions."""
 
     def __init__(
         self,
@@ -217,7 +218,7 @@ class ShapesCaptionData(_ShapesSource, CaptionData):
         n_train: int = 4000,
         n_val: int = 500,
         seed: int = 0,
-        targets: Literal["partial", "gold", "all"] = "partial",
+        targets: Literal["short", "partial", "gold", "all"] = "short",
         prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -228,8 +229,9 @@ class ShapesCaptionData(_ShapesSource, CaptionData):
         self.which = targets
 
     def targets(self, record: Record) -> list[str]:
-        partial = record.meta.get("partial_captions", [])
-        return {"partial": partial, "gold": list(record.captions), "all": list(record.captions) + partial}[self.which]
+        if self.which in ("short", "partial"):
+            return record.meta.get(f"{self.which}_captions", [])
+        return list(record.captions) + (record.meta.get("partial_captions", []) if self.which == "all" else [])
 
 
 def reader_examples(

@@ -237,6 +237,17 @@ def partial_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> 
     return out
 
 
+SHORT_LENGTHS = (0.55, 0.3, 0.1, 0.05)  # P(a short caption names 1, 2, 3, 4 objects)
+
+
+def short_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> list[str]:
+    """`n` captions as a base VLM's first caption: the most salient objects only (big before
+    small, then reading order), usually one or two. Greedy decoding of a captioner trained on
+    them names one object; sampling sometimes names more, which is what RL has to discover pays."""
+    salient = sorted(objects, key=lambda o: (o.size != "big", POSITIONS.index(o.position)))
+    return [caption(salient[: rng.choices(range(1, 5), SHORT_LENGTHS)[0]]) for _ in range(n)]
+
+
 def make_scene_record(
     rng: random.Random, idx: int, min_objects: int, max_objects: int, n_partial: int = 2, leaky: float = 0.0
 ) -> tuple[dict, Image.Image]:
@@ -253,6 +264,7 @@ def make_scene_record(
             "level": len(objects),
             "objects": [asdict(o) for o in objects],
             "partial_captions": partial_captions(rng, objects, n_partial),
+            "short_captions": short_captions(rng, objects, n_partial),
         },
     }
     return record, render(objects)
