@@ -1,10 +1,14 @@
-"""Benchmarks are not tests: this only checks that each one runs in --quick mode."""
+"""Benchmarks are not tests: this only checks that each one runs in --quick mode. Opt-in
+(`pytest -m bench`): they take minutes and assert little beyond their output's shape."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.bench
 ROOT = Path(__file__).resolve().parents[1]
 
 
