@@ -1,12 +1,10 @@
 """Pair mining and the DPO stage on tiny models: pairs pass the schema, the policy moves, the reference does not."""
 
-import json
 
 import lightning as L
 import pytest
 import torch
 
-from lit_caprl.cli import main
 from lit_caprl.data import PairData
 from lit_caprl.data.schema import load_records
 from lit_caprl.mining import select_pair
@@ -19,21 +17,6 @@ def test_select_pair_applies_the_margin_filter():
     assert select_pair([0.2, 0.9, 0.5, 0.1], min_margin=0.81) is None
     assert select_pair([0.4, 0.4, 0.4], min_margin=0.0) is None  # a tie is never a preference
     assert select_pair([0.0, 1.0, 1.0, 0.0], min_margin=0.0) == (1, 0)  # first index wins ties
-
-
-@pytest.fixture(scope="module")
-def pairs_dir(tiny_models, shapes_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("mined") / "pairs"
-    cfg = {
-        "policy": tiny_models["qwen2_5_vl"], "data": f"{shapes_root}/train.jsonl", "out": str(out),
-        "reward": {"class_path": "lit_caprl.rewards.CapRLQAReward",
-                   "init_args": {"reader": tiny_models["qwen2"], "num_draws": 2}},
-        "num_generations": 4, "max_new_tokens": 8, "min_margin": 0.0, "limit": 8, "batch_size": 4,
-    }  # fmt: skip
-    cfg_file = out.parent / "mine.yaml"
-    cfg_file.write_text(json.dumps(cfg))
-    assert main(["mine-pairs", "--config", str(cfg_file)]) == 0
-    return out
 
 
 def test_mined_pairs_pass_the_schema_and_carry_provenance(pairs_dir, tiny_models):
