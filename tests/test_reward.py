@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_caprl import mcq
-from lit_caprl.data import prompts
+from lit_caprl import evaluate, mcq
+from lit_caprl.data import prompts, shapes
 from lit_caprl.data.schema import LETTERS, load_records
 from lit_caprl.models.loading import load_model
 from lit_caprl.rewards import CapRLQAReward
@@ -248,3 +248,62 @@ def test_caprl_sample_reward_gives_an_oracle_reader_one(tiny_models, records, mo
         assert torch.equal(rewards, torch.ones(len(records)))
     else:
         assert 0.1 < float(rewards.mean()) < 0.4
+
+
+def _ideal_option_logits(adapter, texts, options, answer_format, *args, **kwargs):
+    """A reader that answers from the caption alone, perfectly: the ShapesWorld grammar's
+    objects in the caption answer the question, else "cannot answer" (the last option)."""
+    rows = []
+    for text, shown in zip(texts, options, strict=True):
+        caption = text.split(" caption : ")[1].split(" question : ")[0]
+        question = text.split(" question : ")[1].split(" options : ")[0]
+        value = shapes.answer_from_objects(question, shown[:-1], shapes.parse_caption(caption))
+        rows.append([10.0 if (o == value if value is not None else i == len(shown) - 1) else 0.0
+                     for i, o in enumerate(shown)])  # fmt: skip
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("answer_format", ["cloze", "letter"])
+@pytest.mark.parametrize("rotations", [False, True])
+@pytest.mark.parametrize("score", ["prob", "argmax"])
+def test_an_ideal_reader_earns_one_from_gold_captions_and_nothing_from_empty_ones(
+    tiny_models, records, monkeypatch, answer_format, rotations, score
+):
+    """Whatever the option shuffle and rotation, the reward maps the reader's pick back to the
+    answer key: gold captions earn ~1, empty ones ~0 (their right answer, "cannot answer", is
+    never the key), and a caption naming one object of a scene earns the share of drawn
+    questions that object answers, counted here from the questions themselves."""
+    monkeypatch.setattr(mcq, "option_logits", _ideal_option_logits)
+    reward = CapRLQAReward(tiny_models["qwen2"], num_draws=8, score=score, rotations=rotations,
+                           answer_format=answer_format)  # fmt: skip
+    tol = 1e-3 if score == "prob" else 0.0
+    gold = reward([r.captions[0] for r in records], records, step=3).rewards
+    assert gold.tolist() == pytest.approx([1.0] * len(records), abs=tol)
+    empty = reward([""] * len(records), records, step=3).rewards
+    assert empty.tolist() == pytest.approx([0.0] * len(records), abs=tol)
+    firsts = [shapes.caption(evaluate.scene_objects(r)[:1]) for r in records]
+    want = []
+    for r, cap in zip(records, firsts, strict=True):
+        named = shapes.parse_caption(cap)
+        asked = [q for q, _ in reward.draws(r, 3)]
+        want.append(sum(shapes.answer_from_objects(q.question, list(q.options), named) == q.answer_text
+                        for q in asked) / len(asked))  # fmt: skip
+    assert 0 < sum(want) < len(want)  # some questions need the other objects
+    assert reward(firsts, records, step=3).rewards.tolist() == pytest.approx(want, abs=tol)
+
+
+def test_a_reader_that_prefers_a_wrong_option_or_cannot_answer_earns_nothing(tiny_models, records, monkeypatch):
+    def wrong(adapter, texts, options, answer_format, *args, **kwargs):
+        right = _ideal_option_logits(adapter, texts, options, answer_format)
+        logits = torch.zeros_like(right)
+        for i, row in enumerate(right):  # the first option that is neither the answer nor "cannot answer"
+            logits[i, next(j for j in range(row.numel() - 1) if row[j] == 0)] = 10.0
+        return logits
+
+    reward = CapRLQAReward(tiny_models["qwen2"], num_draws=8, score="argmax", rotations=True, answer_format="cloze")
+    gold = [r.captions[0] for r in records]
+    monkeypatch.setattr(mcq, "option_logits", wrong)
+    assert reward(gold, records).rewards.tolist() == [0.0] * len(records)
+    monkeypatch.setattr(mcq, "option_logits", lambda a, texts, options, *x, **k: torch.tensor(
+        [[0.0] * (len(o) - 1) + [10.0] for o in options]))  # fmt: skip
+    assert reward(gold, records).rewards.tolist() == [0.0] * len(records)
