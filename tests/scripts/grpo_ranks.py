@@ -2,7 +2,8 @@
 script once per rank). It writes the policy's full weights after training to `--out`.
 
 `--scripted` replaces sampling with fixed captions of uneven length, so a 1-rank and a 2-rank
-run see exactly the same rollouts and their updates can be compared to 1e-5. Without it, the
+run see exactly the same rollouts and their updates can be compared; with `--sgd` the update
+is minus the gradient, so no optimizer or clipping hides a wrong scale. Without it, the
 policy samples naturally (completions end at different lengths on each rank).
 """
 
@@ -72,6 +73,9 @@ def main() -> None:
     p.add_argument("--shard-reference", action="store_true")
     p.add_argument("--root", default=".")
     p.add_argument("--resume", default=None)
+    p.add_argument("--micro-batch-size", type=int, default=3)
+    # Plain SGD at lr 1 without clipping: each update is minus the gradient, far above float32 rounding.
+    p.add_argument("--sgd", action="store_true")
     a = p.parse_args()
     L.seed_everything(0)
     devices = 1 if a.strategy == "single" else 2
@@ -82,8 +86,16 @@ def main() -> None:
     }[a.strategy]
     module = GRPOStage(
         a.policy, WordCount(), num_generations=4, max_new_tokens=12 if a.scripted else 24, lr=1e-3, beta=0.04, mu=2,
-        loss_type="dapo", micro_batch_size=3, shard_reference=a.shard_reference, max_rollout_steps=a.steps,
+        loss_type="dapo", micro_batch_size=a.micro_batch_size, shard_reference=a.shard_reference,
+        max_rollout_steps=a.steps, max_grad_norm=0.0 if a.sgd else 1.0,
     )  # fmt: skip
+    if a.sgd:
+
+        def sgd() -> dict:
+            opt = torch.optim.SGD(module.policy.parameters(), lr=1.0)
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)}
+
+        module.configure_optimizers = sgd
     if not a.scripted:  # EOS grows likelier with length, so captions end at natural, uneven lengths
         module.policy.generation_config.exponential_decay_length_penalty = (2, 1.6)
     rollouts = ScriptedRollouts() if a.scripted else RecordedRollouts()
