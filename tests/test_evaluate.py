@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from oracles import ideal_option_logits
 
 from lit_caprl import cli, evaluate, report
 from lit_caprl.data.schema import LETTERS, load_records
@@ -103,3 +104,51 @@ def test_eval_scores_captions_written_by_caption_and_names_missing_ids(tiny_mode
     caps.write_text("\n".join(caps.read_text().splitlines()[:3]) + "\n")  # one image's captions lost
     with pytest.raises(ValueError, match=r"caps.jsonl: fewer than 2 captions for 1 images"):
         cli.main([*base, "--captions", f"gpu={caps}", "--out", str(tmp_path / "eval2")])
+
+
+def test_caption_fidelity_hand_computed():
+    """Two scenes; claims matched as a multiset, micro-averaged over all claims and objects."""
+    from lit_caprl.data.schema import Record
+
+    def scene(*objs):
+        return Record(id="s", image=Path("x.png"), questions=(), meta={"objects": [
+            dict(zip(("position", "size", "color", "shape"), o.split(), strict=True)) for o in objs]})  # fmt: skip
+
+    records = [scene("top big red circle", "left small blue cross"), scene("center big green square")]
+    captions = [
+        "top big red circle . top big red circle . right big red circle .",  # 1 true (repeat counts once), 3 claims
+        "center big green square . and more words",  # 1 true, 1 claim
+    ]
+    got = evaluate.caption_fidelity(captions, records)
+    assert got["precision"] == pytest.approx(2 / 4)
+    assert got["recall"] == pytest.approx(2 / 3)
+    assert got["length"] == pytest.approx((15 + 8) / 2)  # words, "." included
+
+
+def test_utility_and_reader_accuracy_of_an_ideal_reader(tiny_models, shapes_root, monkeypatch):
+    """Through the judge `eval` and `report` use: gold captions have utility 1, empty ones 0,
+    and an ideal reader scores 1 on the labelled (caption, question) pairs, "cannot answer" included;
+    one that always says "cannot answer" scores exactly the share of such pairs."""
+    from lit_caprl import mcq
+    from lit_caprl.data.datamodules import reader_examples
+    from lit_caprl.models.loading import load_model
+
+    records = load_records(Path(shapes_root) / "val.jsonl")[0]
+    monkeypatch.setattr(mcq, "option_logits", ideal_option_logits)
+    judge = evaluate.utility_judge(tiny_models["qwen2"], "cloze")
+    assert evaluate.caption_utility(judge, [r.captions[0] for r in records], records) == 1.0
+    assert evaluate.caption_utility(judge, [""] * len(records), records) == 0.0
+    reader = load_model(tiny_models["qwen2"])
+    assert evaluate.reader_accuracy(reader, records, "cloze") == {"accuracy": 1.0, "cannot_answer_accuracy": 1.0}
+    monkeypatch.setattr(mcq, "option_logits", lambda a, texts, options, *x, **k: torch.tensor(
+        [[0.0] * (len(o) - 1) + [1.0] for o in options]))  # fmt: skip
+    examples = reader_examples(records, 0, "cloze")
+    share = sum(e["correct"] == len(e["options"]) - 1 for e in examples) / len(examples)
+    got = evaluate.reader_accuracy(reader, records, "cloze")
+    assert got["accuracy"] == pytest.approx(share) and got["cannot_answer_accuracy"] == 1.0
+
+
+def test_reward_curve_reads_rollout_steps_and_rewards(tmp_path):
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,rollout_step,step,train/loss,train/reward\n0,1.0,0,0.5,0.25\n0,,1,0.4,\n0,2.0,1,0.3,0.5\n")
+    assert report.reward_curve(csv) == [(1, 0.25), (2, 0.5)]

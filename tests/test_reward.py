@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from oracles import ideal_option_logits
 
 from lit_caprl import evaluate, mcq
 from lit_caprl.data import prompts, shapes
@@ -250,19 +251,6 @@ def test_caprl_sample_reward_gives_an_oracle_reader_one(tiny_models, records, mo
         assert 0.1 < float(rewards.mean()) < 0.4
 
 
-def _ideal_option_logits(adapter, texts, options, answer_format, *args, **kwargs):
-    """A reader that answers from the caption alone, perfectly: the ShapesWorld grammar's
-    objects in the caption answer the question, else "cannot answer" (the last option)."""
-    rows = []
-    for text, shown in zip(texts, options, strict=True):
-        caption = text.split(" caption : ")[1].split(" question : ")[0]
-        question = text.split(" question : ")[1].split(" options : ")[0]
-        value = shapes.answer_from_objects(question, shown[:-1], shapes.parse_caption(caption))
-        rows.append([10.0 if (o == value if value is not None else i == len(shown) - 1) else 0.0
-                     for i, o in enumerate(shown)])  # fmt: skip
-    return torch.tensor(rows)
-
-
 @pytest.mark.parametrize("answer_format", ["cloze", "letter"])
 @pytest.mark.parametrize("rotations", [False, True])
 @pytest.mark.parametrize("score", ["prob", "argmax"])
@@ -273,7 +261,7 @@ def test_an_ideal_reader_earns_one_from_gold_captions_and_nothing_from_empty_one
     answer key: gold captions earn ~1, empty ones ~0 (their right answer, "cannot answer", is
     never the key), and a caption naming one object of a scene earns the share of drawn
     questions that object answers, counted here from the questions themselves."""
-    monkeypatch.setattr(mcq, "option_logits", _ideal_option_logits)
+    monkeypatch.setattr(mcq, "option_logits", ideal_option_logits)
     reward = CapRLQAReward(tiny_models["qwen2"], num_draws=8, score=score, rotations=rotations,
                            answer_format=answer_format)  # fmt: skip
     tol = 1e-3 if score == "prob" else 0.0
@@ -294,7 +282,7 @@ def test_an_ideal_reader_earns_one_from_gold_captions_and_nothing_from_empty_one
 
 def test_a_reader_that_prefers_a_wrong_option_or_cannot_answer_earns_nothing(tiny_models, records, monkeypatch):
     def wrong(adapter, texts, options, answer_format, *args, **kwargs):
-        right = _ideal_option_logits(adapter, texts, options, answer_format)
+        right = ideal_option_logits(adapter, texts, options, answer_format)
         logits = torch.zeros_like(right)
         for i, row in enumerate(right):  # the first option that is neither the answer nor "cannot answer"
             logits[i, next(j for j in range(row.numel() - 1) if row[j] == 0)] = 10.0
