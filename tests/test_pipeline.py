@@ -101,6 +101,23 @@ def test_a_half_finished_run_continues_where_it_stopped(tmp_path):
     assert [Path(c[2]).name for c in resumed.calls] == ["rl.yaml", "rl.yaml"]
 
 
+def test_a_stage_that_exits_cleanly_without_its_output_stops_the_run(tmp_path):
+    f = _pipeline(tmp_path)
+    run = tmp_path / "run"
+    calls = []
+
+    def sft_writes_logs_only(args, threads=None, log=None):
+        calls.append(args)
+        if str(tmp_path / "sft.yaml") in args:
+            (run / "sft").mkdir(parents=True)  # its logs, but no export
+        else:
+            FakeRunner(run)(args)
+
+    with pytest.raises(RuntimeError, match=f"stage sft finished without writing its output {run / 'sft' / 'export'}$"):
+        run_pipeline(f, runner=sft_writes_logs_only)
+    assert len(calls) == 2  # data, sft; the stages that read sft never started
+
+
 def test_bad_pipeline_files_are_named(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("run_dir: r\nstages:\n  - {name: a, fit: x.yaml, init_from: b}\n")
