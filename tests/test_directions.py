@@ -26,10 +26,10 @@ def _trainer(tmp_path, callbacks=(), **kwargs) -> L.Trainer:
 
 
 class _LengthReward(torch.nn.Module):
-    """Reward = caption length in characters: deterministic, and different within a group."""
+    """Reward = caption length in hundreds of characters: deterministic, different within a group."""
 
     def forward(self, captions, records, step=0):
-        values = torch.tensor([float(len(c)) for c in captions])
+        values = torch.tensor([len(c) / 100 for c in captions])
         return RewardOutput(values, {"length": values})
 
 
@@ -45,8 +45,25 @@ def _reference_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Te
     return per_token.sum() / (len(logp) * max_new_tokens)  # dr_grpo
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
-def test_a_grpo_step_follows_the_gradient_of_its_objective(tiny_models, shapes_root, tmp_path, loss_type):
+def _advantages(rewards: torch.Tensor, scale: str, estimator: str) -> torch.Tensor:
+    """Each caption's reward against its group's: the mean of the group (GRPO) or of the other
+    G-1 captions (RLOO), over the group's or the batch's std, or unscaled (Dr. GRPO)."""
+    g = rewards.shape[1]
+    if estimator == "rloo":
+        baseline = (rewards.sum(1, keepdim=True) - rewards) / (g - 1)
+    else:
+        baseline = rewards.mean(1, keepdim=True)
+    std = {"group": rewards.std(1, keepdim=True), "batch": rewards.std(), "none": None}[scale]
+    return ((rewards - baseline) / (std + 1e-4) if std is not None else rewards - baseline).flatten()
+
+
+@pytest.mark.parametrize(
+    "loss_type, scale, estimator",
+    [("grpo", "group", "grpo"), ("bnpo", "group", "grpo"), ("dr_grpo", "none", "grpo"), ("dapo", "group", "grpo"),
+     ("dapo", "batch", "rloo")],
+)  # fmt: skip
+def test_a_grpo_step_follows_the_gradient_of_its_objective(tiny_models, shapes_root, tmp_path, loss_type, scale,
+                                                           estimator):  # fmt: skip
     """One step through `training_step`, the rollout split into three micro-batches, with plain
     SGD: the update equals -lr x the gradient of the objective written out in the test over the
     whole rollout (advantages from the rewards by hand). Then captions that beat their group's
@@ -56,7 +73,7 @@ def test_a_grpo_step_follows_the_gradient_of_its_objective(tiny_models, shapes_r
     g, lr = 4, 1e-3
     module = GRPOStage(tiny_models["qwen2_5_vl"], _LengthReward(), num_generations=g, max_new_tokens=8, lr=lr,
                        temperature=1.0, micro_batch_size=g, loss_type=loss_type, max_grad_norm=0.0,
-                       dtype="float64")  # fmt: skip
+                       scale_rewards=scale, advantage=estimator, dtype="float64")  # fmt: skip
     sgd = torch.optim.SGD(module.policy.parameters(), lr=lr)
     module.configure_optimizers = lambda: {"optimizer": sgd, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(
         sgd, lambda _: 1.0)}  # fmt: skip
@@ -69,9 +86,9 @@ def test_a_grpo_step_follows_the_gradient_of_its_objective(tiny_models, shapes_r
             ro = seen["rollout"] = batch["rollout"]
             logp = pl_module.adapter.completion_logprobs(ro.prompts, ro.completions, 1.0)
             mask = ro.completions.mask.to(logp.dtype)
-            lengths = torch.tensor([float(len(t)) for t in ro.texts], dtype=logp.dtype).view(-1, g)
-            adv = ((lengths - lengths.mean(1, keepdim=True)) / (lengths.std(1, keepdim=True) + 1e-4)).flatten()
-            seen["adv"], seen["before"] = adv, (logp.detach() * mask).sum(1)
+            rewards = torch.tensor([len(t) / 100 for t in ro.texts], dtype=logp.dtype).view(-1, g)
+            seen["adv"] = adv = _advantages(rewards, scale, estimator)
+            seen["before"] = (logp.detach() * mask).sum(1)
             names, params = zip(*pl_module.policy.named_parameters(), strict=True)
             grads = torch.autograd.grad(_reference_loss(logp, mask, adv, loss_type, 8), params)
             seen["grad"] = dict(zip(names, grads, strict=True))
