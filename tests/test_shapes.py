@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_caprl.data import ShapesCaptionData, ShapesReaderData, prompts, shapes
+from lit_caprl.data import ShapesReaderData, prompts, shapes
 from lit_caprl.data.datamodules import reader_examples
 from lit_caprl.data.prompts import CANNOT_ANSWER
 from lit_caprl.data.schema import LETTERS, load_records
@@ -67,24 +67,6 @@ def test_short_captions_name_the_most_salient_objects_and_mostly_one():
         lengths.append(len(named))
     shares = [lengths.count(k) / len(lengths) for k in (1, 2, 3, 4)]
     assert shares == pytest.approx(shapes.SHORT_LENGTHS, abs=0.03)
-
-
-def test_grounding_examples_describe_each_object_of_its_cell_and_join_the_captions(shapes_root):
-    data = ShapesCaptionData(shapes_root, targets="short", grounding=True)
-    data.setup("fit")
-    records, _ = load_records(Path(shapes_root) / "train.jsonl")
-    examples = [data.train_set[i] for i in range(len(data.train_set))]
-    grounding = [e for e in examples if e["prompt"] != prompts.DEFAULT_CAPTION_PROMPT]
-    assert len(examples) - len(grounding) == sum(len(r.meta["short_captions"]) for r in records)
-    assert len(grounding) == sum(len(r.meta["objects"]) for r in records)
-    for e in grounding:
-        (obj,) = shapes.parse_caption(e["target"])  # one object, in the caption grammar
-        assert e["prompt"] == f"describe the object at {obj.position} ."
-    words = set(build_tokenizer("qwen2_5_vl").get_vocab())
-    assert set(shapes.object_prompt("top-left").split()) <= words  # one token per word, no unknowns
-    plain = ShapesCaptionData(shapes_root, targets="short")
-    plain.setup("fit")
-    assert len(plain.train_set) == len(examples) - len(grounding)
 
 
 @pytest.mark.parametrize("answer_format", ["letter", "cloze"])
