@@ -13,7 +13,7 @@ A pipeline file:
       - name: reader_sft
         fit: experiments/shapes/reader_sft.yaml
         init_from: null
-        with_previous: true   # runs at the same time as the stage above, which must not feed it
+        with_previous: true   # runs at the same time as the stage above
 
 In strings, `{run}` is the run directory, `{out}` the stage's own output, `{seed}` the run's
 seed (`--seed`, default 0; fit stages also get it as `seed_everything`, and a run with
@@ -25,11 +25,14 @@ NAME and every stage after it. Wall times go to `{run}/stages.json`, with how fa
 stage trained and what stopped it: a stage that its `max_time` safety net cut short is
 reported loudly, here and in the report.
 
-Stages side by side (`with_previous`) share the machine's cores evenly (`OMP_NUM_THREADS`) and
-write their output to `{run}/logs/NAME.log`: tiny models gain little from a second thread, so
-two trainings at one thread each take about as long as one of them at two. Meanwhile the
-console shows one progress line per stage (from its `progress.json`, see `ProgressFile`).
-If one fails, the pipeline stops once the others have finished, keeping what they wrote.
+A stage with `with_previous` joins the group of the stage above; a group's stages run side by
+side, except that a stage reading another stage of its group runs after it, in its lane (a
+captioner's two SFT stages one after the other, beside the reader's). Lanes share the
+machine's cores evenly (`OMP_NUM_THREADS`) and write their output to `{run}/logs/NAME.log`:
+tiny models gain little from a second thread, so two trainings at one thread each take about
+as long as one of them at two. Meanwhile the console shows one progress line per running
+stage (from its `progress.json`, see `ProgressFile`). If one lane fails, the pipeline stops
+once the others have finished, keeping what they wrote.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class Stage:
 
 def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
     """Parse and check a pipeline file: unique names, exactly one of fit/command per stage,
-    `init_from` naming an earlier fit stage, no stage fed by one running beside it."""
+    `init_from` naming an earlier fit stage, no stage fed by two lanes of its group."""
     if not Path(path).is_file():
         raise MissingPath(f"pipeline file {path} does not exist (e.g. experiments/shapes/pipeline.yaml)")
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
@@ -88,14 +91,14 @@ def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
         if stage.init_from is not _PREVIOUS and stage.init_from is not None:
             if not any(s.name == stage.init_from and s.fit for s in stages):
                 raise ConfigError(f"{where} ({stage.name}): init_from {stage.init_from!r} is not an earlier fit stage")
-        if stage.with_previous:
-            if not stages:
-                raise ConfigError(f"{where} ({stage.name}): the first stage has no previous stage to run with")
-            beside = [s.name for s in _groups(stages)[-1]]
-            feeding = sorted(set(beside) & _inputs(stage, stages))
-            if feeding:
-                raise ConfigError(f"{where} ({stage.name}): runs with_previous but starts from {feeding}")
+        if stage.with_previous and not stages:
+            raise ConfigError(f"{where} ({stage.name}): the first stage has no previous stage to run with")
         stages.append(stage)
+        feeding = [sorted(_inputs(stage, stages[:-1]) & {s.name for s in lane}) for lane in _lanes(stages)[-1]]
+        feeding = [names for names in feeding if names]
+        if len(feeding) > 1:
+            raise ConfigError(f"{where} ({stage.name}): reads {feeding[0] + feeding[1]}, which run side by side; "
+                              f"a stage can follow one lane of its group, not two")  # fmt: skip
     return Path(cfg["run_dir"]), stages
 
 
@@ -115,14 +118,22 @@ def _inputs(stage: Stage, earlier: list[Stage]) -> set[str]:
     return used | ({source} if source else set())
 
 
-def _groups(stages: list[Stage]) -> list[list[Stage]]:
-    """Consecutive stages that run at the same time: a stage and the `with_previous` ones after it."""
-    groups: list[list[Stage]] = []
-    for stage in stages:
-        if stage.with_previous:
-            groups[-1].append(stage)
+def _lanes(stages: list[Stage]) -> list[list[list[Stage]]]:
+    """Groups (a stage and the `with_previous` ones after it), each as lanes that run side by
+    side: a stage that reads an earlier stage of its group goes after it in its lane, any
+    other stage opens a lane of its own. The last stage may read two lanes (`load_pipeline`
+    then refuses it); it joins the first."""
+    groups: list[list[list[Stage]]] = []
+    for i, stage in enumerate(stages):
+        if not stage.with_previous:
+            groups.append([[stage]])
+            continue
+        inputs = _inputs(stage, stages[:i])
+        lane = next((lane for lane in groups[-1] if inputs & {s.name for s in lane}), None)
+        if lane is None:
+            groups[-1].append([stage])
         else:
-            groups.append([stage])
+            lane.append(stage)
     return groups
 
 
@@ -171,30 +182,45 @@ def run_pipeline(
     timings_file = run / "stages.json"
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     redo = set(names[names.index(force) :]) if force else set()
-    for group in _groups(stages):
-        todo = []
-        for stage in group:
-            out = stage.output(run)
-            if stage.name in redo and out.exists():
-                shutil.rmtree(out)
-            if out.exists():
-                print(f"== {stage.name}: done ({out}), skipped", flush=True)
-            else:
-                todo.append(stage)
+    for group in _lanes(stages):
+        lanes = [todo for lane in group if (todo := [s for s in lane if _pending(s, run, redo)])]
         failed = []
-        if len(todo) == 1:
-            timings[todo[0].name] = _run_stage(todo[0], stages, run, runner, seed=seed or 0)
-        elif todo:
-            threads = max(1, len(os.sched_getaffinity(0)) // len(todo))
-            with ThreadPoolExecutor(len(todo) + 1) as pool:
-                futures = {s.name: pool.submit(_run_stage, s, stages, run, runner, threads, seed or 0) for s in todo}
-                pool.submit(_show_progress, {s.name: run / s.name / "progress.json" for s in todo if s.fit}, futures)
-            failed = [f.exception() for f in futures.values() if f.exception()]
-            timings.update({name: f.result() for name, f in futures.items() if not f.exception()})
+        if len(lanes) == 1:
+            for stage in lanes[0]:
+                timings[stage.name] = _run_stage(stage, stages, run, runner, seed=seed or 0)
+        elif lanes:
+            threads = max(1, len(os.sched_getaffinity(0)) // len(lanes))
+            finished: dict[str, dict] = {}
+            with ThreadPoolExecutor(len(lanes) + 1) as pool:
+                futures = [pool.submit(_run_lane, lane, finished, stages, run, runner, threads, seed or 0)
+                           for lane in lanes]  # fmt: skip
+                files = {s.name: run / s.name / "progress.json" for lane in lanes for s in lane if s.fit}
+                pool.submit(_show_progress, files, futures, finished)
+            failed = [f.exception() for f in futures if f.exception()]
+            timings.update(finished)
         _write_json(timings_file, timings)
         if failed:
-            raise failed[0]  # once every stage beside it has stopped, keeping what they wrote
+            raise failed[0]  # once every lane beside it has stopped, keeping what they wrote
     return run
+
+
+def _run_lane(
+    lane: list[Stage], finished: dict, stages: list[Stage], run: Path, runner: Runner, threads: int, seed: int
+) -> None:
+    """A lane's stages one after the other; each one's record goes to `finished` as it ends."""
+    for stage in lane:
+        finished[stage.name] = _run_stage(stage, stages, run, runner, threads, seed)
+
+
+def _pending(stage: Stage, run: Path, redo: set[str]) -> bool:
+    """Whether `stage` must run: its output is missing, or it is being redone (`--force`)."""
+    out = stage.output(run)
+    if stage.name in redo and out.exists():
+        shutil.rmtree(out)
+    if out.exists():
+        print(f"== {stage.name}: done ({out}), skipped", flush=True)
+        return False
+    return True
 
 
 PROGRESS_EVERY_S = 15.0
@@ -208,10 +234,10 @@ def progress_line(name: str, state: dict) -> str:
     return f"   {name:<14} {state['step']:,}{total} {state['unit']}{value}{eta}"
 
 
-def _show_progress(files: dict[str, Path], futures: dict) -> None:
-    """While stages run side by side, print one line per fit stage every `PROGRESS_EVERY_S`."""
+def _show_progress(files: dict[str, Path], futures: list, finished: dict) -> None:
+    """While lanes run side by side, print one line per started fit stage every `PROGRESS_EVERY_S`."""
     due = time.monotonic() + PROGRESS_EVERY_S
-    while not all(f.done() for f in futures.values()):
+    while not all(f.done() for f in futures):
         time.sleep(0.1)
         if time.monotonic() < due:
             continue
@@ -219,7 +245,7 @@ def _show_progress(files: dict[str, Path], futures: dict) -> None:
         for name, path in files.items():
             with contextlib.suppress(OSError, ValueError):  # not written yet, or being replaced
                 state = json.loads(path.read_text())
-                print(progress_line(name, state) + ("  (done)" if futures[name].done() else ""), flush=True)
+                print(progress_line(name, state) + ("  (done)" if name in finished else ""), flush=True)
 
 
 def _run_stage(

@@ -139,28 +139,35 @@ run_dir: {tmp_path / "run"}
 stages:
   - {{name: data, command: [data, shapes, --out, "{{out}}"]}}
   - {{name: reader, fit: {sft}, init_from: null, overrides: {{data.init_args.root: "{{data}}"}}}}
-  - {{name: captioner, fit: {sft}, init_from: null, with_previous: true, overrides: {{data.root: "{{data}}"}}}}
+  - {{name: pretrain, fit: {sft}, init_from: null, with_previous: true, overrides: {{data.root: "{{data}}"}}}}
+  - {{name: captioner, fit: {sft}, with_previous: true, overrides: {{data.root: "{{data}}"}}}}
   - {{name: rl, fit: {sft}, init_from: captioner, overrides: {{reward: "{{reader}}"}}}}
 """)
     return f
 
 
 def test_stages_side_by_side_run_at_once_on_shared_cores(tmp_path, monkeypatch):
+    """reader beside the lane pretrain -> captioner (captioner starts from pretrain, the previous
+    fit stage): the lanes overlap, the lane's stages run in order, each lane on half the cores."""
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     run = tmp_path / "run"
-    together = threading.Barrier(2, timeout=10)  # breaks unless reader and captioner overlap
+    together = threading.Barrier(2, timeout=10)  # breaks unless the reader and pretrain overlap
     fake = FakeRunner(run)
 
     def runner(args, threads=None, log=None):
-        if threads:
+        if threads and "captioner" not in str(args):
             together.wait()
+        if "captioner" in str(args):
+            assert (run / "pretrain/export").exists()  # after the stage it starts from
         fake(args, threads, log)
 
     run_pipeline(_side_by_side(tmp_path), runner=runner)
-    assert fake.threads["reader"] == (2, run / "logs/reader.log")
-    assert fake.threads["captioner"] == (2, run / "logs/captioner.log")
+    for name in ("reader", "pretrain", "captioner"):
+        assert fake.threads[name] == (2, run / f"logs/{name}.log")
+    (captioner,) = [c for c in fake.calls if f"--trainer.default_root_dir={run / 'captioner'}" in c]
+    assert f"--model.init_args.init_from={run / 'pretrain/export'}" in captioner
     assert fake.threads["data"] == fake.threads["rl"] == (None, None)  # alone: every core, the console
-    assert set(json.loads((run / "stages.json").read_text())) == {"data", "reader", "captioner", "rl"}
+    assert set(json.loads((run / "stages.json").read_text())) == {"data", "reader", "pretrain", "captioner", "rl"}
 
 
 def test_a_failure_beside_another_stage_keeps_the_other(tmp_path):
@@ -176,21 +183,17 @@ def test_a_failure_beside_another_stage_keeps_the_other(tmp_path):
     assert (run / "captioner/export").exists() and "captioner" in json.loads((run / "stages.json").read_text())
     resumed = FakeRunner(run)
     run_pipeline(_side_by_side(tmp_path), runner=resumed)
-    assert list(resumed.threads) == ["reader", "rl"]  # the captioner is done; the reader runs alone
+    assert list(resumed.threads) == ["reader", "rl"]  # the captioner's lane is done; the reader runs alone
 
 
-def test_a_stage_cannot_run_beside_one_it_reads(tmp_path):
+def test_a_stage_follows_one_lane_of_its_group_not_two(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("run_dir: r\nstages:\n  - {name: a, fit: x.yaml, with_previous: true}\n")
     with pytest.raises(ValueError, match="first stage has no previous stage"):
         load_pipeline(f)
-    f.write_text("run_dir: r\nstages:\n  - {name: a, fit: x.yaml}\n  - {name: b, fit: x.yaml, with_previous: true}\n")
-    with pytest.raises(ValueError, match=r"\(b\): runs with_previous but starts from \['a'\]"):
-        load_pipeline(f)  # a fit stage starts from the previous fit stage unless init_from says otherwise
-    f.write_text(
-        "run_dir: r\nstages:\n  - {name: a, command: [x]}\n  - {name: b, command: [y, '{a}'], with_previous: true}\n"
-    )
-    with pytest.raises(ValueError, match=r"starts from \['a'\]"):
+    f.write_text("run_dir: r\nstages:\n  - {name: a, command: [x]}\n  - {name: b, command: [y], with_previous: true}\n"
+                 "  - {name: c, command: [z, '{a}', '{b}'], with_previous: true}\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"\(c\): reads \['a', 'b'\], which run side by side"):
         load_pipeline(f)
 
 
