@@ -65,7 +65,8 @@ def test_several_configs_merge_and_interpolate(tmp_path):
         "data:\n  init_args:\n    root: /tmp/shapes-x\n"
         "trainer:\n  default_root_dir: ${data.init_args.root}-out\n"
     )
-    cli = ParseOnlyCLI(args=["-c", str(ROOT / "experiments/shapes/captioner_sft.yaml"), "-c", str(extra)], run=False)
+    base = ROOT / "experiments/shapes/captioner_pretrain.yaml"
+    cli = ParseOnlyCLI(args=["-c", str(base), "-c", str(extra)], run=False)
     assert cli.config.model.init_args.lr == 0.123
     assert cli.config.model.init_args.warmup_steps == 30  # kept from the first file
     assert cli.config.trainer.default_root_dir == "/tmp/shapes-x-out"
@@ -74,11 +75,11 @@ def test_several_configs_merge_and_interpolate(tmp_path):
 def test_cli_fit_runs_the_captioner_config(tiny_models, shapes_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main([
-        "fit", "-c", str(ROOT / "experiments/shapes/captioner_sft.yaml"),
+        "fit", "-c", str(ROOT / "experiments/shapes/captioner_pretrain.yaml"),
         f"--model.init_args.model={tiny_models['qwen2_5_vl']}", f"--data.init_args.root={shapes_root}",
         "--data.init_args.batch_size=4", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
         "--trainer.limit_val_batches=1",
     ])  # fmt: skip
-    export = tmp_path / "runs/shapes/captioner_sft/export"
+    export = tmp_path / "runs/shapes/captioner_pretrain/export"
     assert (export / "model.safetensors").is_file()
-    assert (tmp_path / "runs/shapes/captioner_sft/lightning_logs").is_dir()
+    assert (tmp_path / "runs/shapes/captioner_pretrain/lightning_logs").is_dir()

@@ -29,7 +29,7 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def sft_args(tiny_models, shapes_root):
-    return ["fit", "-c", str(ROOT / "experiments/shapes/captioner_sft.yaml"),
+    return ["fit", "-c", str(ROOT / "experiments/shapes/captioner_pretrain.yaml"),
             f"--model.init_args.model={tiny_models['qwen2_5_vl']}", f"--data.init_args.root={shapes_root}",
             "--data.init_args.batch_size=4", "--trainer.logger=false",
             "--trainer.enable_progress_bar=false"]  # fmt: skip

@@ -19,7 +19,7 @@ def test_two_rank_run_with_a_bad_record_fails_on_every_rank_without_hanging(tiny
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     argv = [
-        sys.executable, "-m", "lit_caprl.cli", "fit", "-c", str(ROOT / "experiments/shapes/captioner_sft.yaml"),
+        sys.executable, "-m", "lit_caprl.cli", "fit", "-c", str(ROOT / "experiments/shapes/captioner_pretrain.yaml"),
         "--data=lit_caprl.data.CaptionData", f"--data.train_file={data}", f"--data.val_file={data}",
         f"--model.init_args.model={tiny_models['qwen2_5_vl']}", "--trainer.devices=2", "--trainer.strategy=ddp",
         "--trainer.max_steps=2", "--trainer.enable_progress_bar=false",
