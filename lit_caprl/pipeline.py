@@ -227,11 +227,11 @@ PROGRESS_EVERY_S = 15.0
 
 
 def progress_line(name: str, state: dict) -> str:
-    """`reader_sft  3,100/7,000 steps  train/loss 0.412  ETA 4:10`."""
+    """`reader_sft          3,100/7,000 steps  train/loss 0.412  ETA 4:10`."""
     total = f"/{state['total']:,}" if state.get("total") else ""
     value = f"  {state['metric']} {state['value']:.3f}" if state.get("metric") else ""
     eta = f"  ETA {int(state['eta_s']) // 60}:{int(state['eta_s']) % 60:02d}" if state.get("eta_s") is not None else ""
-    return f"   {name:<14} {state['step']:,}{total} {state['unit']}{value}{eta}"
+    return f"   {name:<18} {state['step']:,}{total} {state['unit']}{value}{eta}"
 
 
 def _show_progress(files: dict[str, Path], futures: list, finished: dict) -> None:

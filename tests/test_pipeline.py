@@ -222,4 +222,4 @@ def test_seed_progress_lines_and_a_time_limited_stage_reported(tmp_path, monkeyp
     assert stages["reader"]["stopped_by"] == "time_limit" and stages["rl"]["steps"] == 3100
     out = capsys.readouterr().out
     assert "WARNING: reader was stopped by its time limit (max_time) after 3,100 of 7,000 steps" in out
-    assert "   captioner      3,100/7,000 steps  train/loss 0.412  ETA 4:10" in out
+    assert "   captioner          3,100/7,000 steps  train/loss 0.412  ETA 4:10" in out
