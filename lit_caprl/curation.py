@@ -27,9 +27,9 @@ def keep_question(visual: float, blind: float, tau_v: float = 0.75, tau_b: float
 
 
 def _rotations(q: MCQ) -> list[tuple[list[str], int]]:
-    """(shown options, index of the right one) for each cyclic rotation."""
-    n, right = len(q.options), LETTERS.index(q.answer)
-    return [([q.options[(j + r) % n] for j in range(n)], (right - r) % n) for r in range(n)]
+    """(shown options, index of the right one) for each cyclic rotation of the options."""
+    orders = mcq.cyclic_orders(list(range(len(q.options))))
+    return [([q.options[j] for j in order], order.index(LETTERS.index(q.answer))) for order in orders]
 
 
 def rotation_accuracy(

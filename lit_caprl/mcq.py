@@ -76,6 +76,13 @@ def resolve_format(model: str | Path, answer_format: AnswerFormat | None = None)
     return answer_format
 
 
+def cyclic_orders(order: list[int]) -> list[list[int]]:
+    """Every cyclic rotation of an option order (indices into a question's options): each option
+    is shown once in each position, which cancels a reader's bias toward particular letters.
+    Used by the reward (`rotations=True`) and QA curation."""
+    return [order[r:] + order[:r] for r in range(len(order))]
+
+
 def answer_text(options: list[str], correct: int, answer_format: AnswerFormat) -> str:
     """What the model is trained to write after the answer prefix."""
     return LETTERS[correct] if answer_format in LETTER_FORMATS else options[correct]

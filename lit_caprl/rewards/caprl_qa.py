@@ -110,9 +110,8 @@ class CapRLQAReward(FrozenReward):
         texts, shown, correct, owner, asked = [], [], [], [], []
         for i, (cap, rec) in enumerate(zip(captions, records, strict=True)):
             for q, order in self.draws(rec, step):
-                rots = range(len(order)) if (self.rotations and self.mode == "logprob") else range(1)
-                for r in rots:
-                    rotated = order[r:] + order[:r]
+                orders = mcq.cyclic_orders(order) if (self.rotations and self.mode == "logprob") else [order]
+                for rotated in orders:
                     options = [q.options[j] for j in rotated]
                     text, options_shown = mcq.reader_prompt(self.adapter, cap, q.question, options,
                                                             self.answer_format)  # fmt: skip
