@@ -127,7 +127,7 @@ class RolloutCallback(L.Callback):
             if len(groups):
                 kept.append(_Groups(
                     adapter.select(prompts, rows.to(module.device)),
-                    Completions(completions.ids[rows], completions.mask[rows], completions.truncated[rows]),
+                    completions.select(rows),
                     [texts[i] for i in rows.tolist()],
                     RewardOutput(scored.rewards[rows], {k: v[rows] for k, v in scored.terms.items()}),
                     [records[i] for i in groups.tolist()],

@@ -70,6 +70,12 @@ class Completions(_Tensors):
     def lengths(self) -> Tensor:
         return self.mask.sum(-1)
 
+    def select(self, rows: Tensor, trim: bool = False) -> Completions:
+        """Rows `rows`; `trim` drops the columns past their longest completion (no compute on
+        all-padding columns)."""
+        width = max(int(self.mask[rows].sum(-1).max()), 1) if trim else self.ids.shape[1]
+        return Completions(self.ids[rows, :width], self.mask[rows, :width], self.truncated[rows])
+
 
 @dataclass
 class TextCache:

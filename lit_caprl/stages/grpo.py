@@ -111,7 +111,8 @@ class GRPOStage(PolicyStage, L.LightningModule):
         chunks = []
         with torch.no_grad():
             for idx, weight in self.micro_batches(len(prompts)):
-                lp = self.logprobs(adapter, adapter.select(prompts, idx), _rows(completions, idx), temperature)
+                rows = completions.select(idx, trim=True)
+                lp = self.logprobs(adapter, adapter.select(prompts, idx), rows, temperature)
                 if weight:
                     chunks.append(F.pad(lp, (0, width - lp.shape[1])))
         return torch.cat(chunks)
@@ -184,7 +185,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
             for i, (idx, weight) in enumerate(chunks):
                 if is_sharded(self.policy):  # reduce-scatter gradients once, after the last micro-batch
                     self.policy.set_requires_gradient_sync(i == len(chunks) - 1)
-                comps = _rows(ro.completions, idx)
+                comps = ro.completions.select(idx, trim=True)
                 logp = self.logprobs(self.adapter, self.adapter.select(ro.prompts, idx), comps, ro.temperature)
                 w = logp.shape[1]
                 m = mask[idx, :w]
@@ -242,8 +243,3 @@ class GRPOStage(PolicyStage, L.LightningModule):
         super().on_load_checkpoint(checkpoint)
         self.rollout_step = checkpoint.get("rollout_step", 0)
 
-
-def _rows(c: Completions, idx: Tensor) -> Completions:
-    """Rows `idx`, trimmed to their longest completion (no compute on all-padding columns)."""
-    width = max(int(c.mask[idx].sum(-1).max()), 1)
-    return Completions(c.ids[idx, :width], c.mask[idx, :width], c.truncated[idx])
