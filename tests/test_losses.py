@@ -12,6 +12,7 @@ from lit_caprl.stages.losses import (
     group_advantages,
     grpo_loss,
     k3_kl,
+    loss_divisor,
     token_mean_nll,
 )
 
@@ -66,11 +67,18 @@ def test_ratio_is_one_with_a_single_inner_epoch():
 def test_aggregation_hand_computed():
     per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    assert aggregate(per_token, mask, "grpo").item() == pytest.approx((6 / 3 + 4 / 1) / 2)
-    assert aggregate(per_token, mask, "bnpo").item() == pytest.approx(10 / 4)
-    assert aggregate(per_token, mask, "dr_grpo", max_completion_length=4).item() == pytest.approx(10 / 8)
-    assert aggregate(per_token, mask, "dapo", num_tokens=8).item() == pytest.approx(10 / 8)
-    assert aggregate(per_token, mask, "dapo").item() == pytest.approx(10 / 4)
+    def whole(loss_type, **kwargs):
+        return aggregate(per_token, mask, loss_type, loss_divisor(loss_type, mask, **kwargs)).item()
+
+    assert whole("grpo") == pytest.approx((6 / 3 + 4 / 1) / 2)
+    assert whole("bnpo") == pytest.approx(10 / 4)
+    assert whole("dr_grpo", max_completion_length=4) == pytest.approx(10 / 8)
+    assert whole("dapo", global_tokens=8) == pytest.approx(10 / 8)
+    assert whole("dapo") == pytest.approx(10 / 4)
+    for loss_type in ("grpo", "bnpo", "dr_grpo", "dapo"):  # micro-batches add up to the whole batch
+        d = loss_divisor(loss_type, mask, max_completion_length=4)
+        parts = aggregate(per_token[:1], mask[:1], loss_type, d) + aggregate(per_token[1:], mask[1:], loss_type, d)
+        assert parts.item() == pytest.approx(whole(loss_type, max_completion_length=4))
 
 
 def _reference_loss(logp, old, adv, mask, ref, beta, lo, hi, loss_type, max_len, num_tokens):
@@ -107,7 +115,8 @@ def test_grpo_loss_matches_independent_formulation(loss_type, beta):
     adv = torch.randn(6, generator=g)
     lengths = torch.tensor([7, 3, 1, 5, 7, 2])
     mask = (torch.arange(7)[None] < lengths[:, None]).long()
-    got, _ = grpo_loss(logp, old, adv, mask, ref, beta, 0.2, 0.28, loss_type, max_completion_length=8, num_tokens=40.0)
+    divisor = loss_divisor(loss_type, mask, max_completion_length=8, global_tokens=40.0)
+    got, _ = grpo_loss(logp, old, adv, mask, ref, beta, 0.2, 0.28, loss_type, divisor)
     want = _reference_loss(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), ref.tolist(), beta, 0.2, 0.28,
                            loss_type, 8, 40.0)  # fmt: skip
     assert got.item() == pytest.approx(want, rel=1e-5)

@@ -40,7 +40,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
             disabled); 0 holds no reference at all.
         epsilon_low, epsilon_high: clip range of the ratio (DAPO's clip-higher when high > low).
         mu: inner epochs per rollout batch; with 1 the ratio is exactly 1 and no old log-probs are computed.
-        loss_type: grpo | bnpo | dr_grpo | dapo aggregation (see `losses.aggregate`).
+        loss_type: grpo | bnpo | dr_grpo | dapo aggregation (see `losses.loss_divisor`).
         scale_rewards, advantage: group | batch | none scaling; grpo (mean baseline) or rloo.
         mask_truncated: completions that hit the token budget without EOS get no gradient.
         micro_batch_size: sequences per forward/backward, rounded down to whole groups (at least one), whose
@@ -170,13 +170,10 @@ class GRPOStage(PolicyStage, L.LightningModule):
         if hp.mask_truncated:
             mask[ro.completions.truncated] = 0
         n = len(ro.prompts)
-        local_tokens = mask.sum().float()
-        norm = {
-            "bnpo": local_tokens,
-            "dr_grpo": torch.tensor(float(n * ro.max_new_tokens)),
-            # Gradients are averaged over ranks, so scale by world size to divide by the global count.
-            "dapo": self.trainer.strategy.reduce(local_tokens, reduce_op="sum") / self.trainer.world_size,
-        }.get(hp.loss_type)
+        global_tokens = None
+        if hp.loss_type == "dapo":  # gradients are averaged over ranks: the global count over world size
+            global_tokens = self.trainer.strategy.reduce(mask.sum().float(), reduce_op="sum") / self.trainer.world_size
+        divisor = losses.loss_divisor(hp.loss_type, mask, ro.max_new_tokens, global_tokens).to(self.device)
         stats: dict[str, list[Tensor]] = {"loss": [], "kl": [], "clip_fraction": [], "entropy_proxy": []}
         ddp = isinstance(self.trainer.strategy, DDPStrategy)
         for _ in range(hp.mu):
@@ -191,13 +188,10 @@ class GRPOStage(PolicyStage, L.LightningModule):
                 m = mask[idx, :w]
                 old = ro.old_logp[idx, :w] if ro.old_logp is not None else logp.detach()
                 ref = ro.ref_logp[idx, :w] if ro.ref_logp is not None else None
-                loss_type = "grpo" if hp.loss_type == "grpo" else "dapo"
                 loss, metrics = losses.grpo_loss(
-                    logp, old, ro.advantages[idx], m, ref, hp.beta, hp.epsilon_low, hp.epsilon_high,
-                    loss_type, ro.max_new_tokens, None if norm is None else norm.to(self.device),
+                    logp, old, ro.advantages[idx], m, ref, hp.beta, hp.epsilon_low, hp.epsilon_high, hp.loss_type,
+                    divisor,
                 )  # fmt: skip
-                if hp.loss_type == "grpo":
-                    loss = loss * len(idx) / n
                 loss = loss * weight
                 with self.trainer.strategy.block_backward_sync() if ddp else nullcontext():
                     self.manual_backward(loss)

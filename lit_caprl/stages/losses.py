@@ -62,29 +62,40 @@ def clipped_surrogate(
     return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
 
 
-def aggregate(per_token: Tensor, mask: Tensor, loss_type: LossType, max_completion_length: int | None = None,
-              num_tokens: float | None = None) -> Tensor:  # fmt: skip
-    """Reduce a per-token loss to a scalar, as each method defines it.
+def loss_divisor(
+    loss_type: LossType, mask: Tensor, max_completion_length: int | None = None, global_tokens: float | None = None
+) -> Tensor:
+    """What a rollout batch's loss is divided by, as each method defines it (`mask` is the whole
+    batch's, [N, L]); `aggregate` divides every micro-batch's sum by it, so micro-batches add up
+    to the batch's loss exactly.
 
-    grpo:    mean over each sequence's tokens, then over sequences (long answers weigh less per token).
-    bnpo:    sum over tokens / tokens in this batch.
-    dr_grpo: sum over tokens / (sequences * max_completion_length), a constant: no length bias.
-    dapo:    sum over tokens / `num_tokens`, the token count of the whole global batch (all ranks and
-             micro-batches of the step), so every token weighs the same however the batch is split.
+    grpo:    N sequences (of each sequence's mean over its tokens: long answers weigh less per token).
+    bnpo:    the tokens of this batch.
+    dr_grpo: N * max_completion_length, a constant: no length bias.
+    dapo:    `global_tokens`, the token count of the whole global batch (all ranks), so every token
+             weighs the same however the batch is split; default: this batch's.
     """
-    mask = mask.to(per_token.dtype)
-    total = (per_token * mask).sum()
+    tokens = mask.sum().clamp(min=1).to(torch.get_default_dtype())
     if loss_type == "grpo":
-        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        return torch.tensor(float(mask.shape[0]))
     if loss_type == "bnpo":
-        return total / mask.sum().clamp(min=1)
+        return tokens
     if loss_type == "dr_grpo":
         if max_completion_length is None:
             raise ValueError("dr_grpo needs max_completion_length")
-        return total / (per_token.shape[0] * max_completion_length)
+        return torch.tensor(float(mask.shape[0] * max_completion_length))
     if loss_type == "dapo":
-        return total / (num_tokens if num_tokens is not None else mask.sum().clamp(min=1))
+        return torch.as_tensor(global_tokens, dtype=tokens.dtype) if global_tokens is not None else tokens
     raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def aggregate(per_token: Tensor, mask: Tensor, loss_type: LossType, divisor: Tensor | float) -> Tensor:
+    """A (micro-)batch's share of the loss: its summed per-token loss (grpo: the sum of each
+    sequence's token mean) over the whole batch's `divisor` (`loss_divisor`)."""
+    mask = mask.to(per_token.dtype)
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / divisor
+    return (per_token * mask).sum() / divisor
 
 
 def grpo_loss(
@@ -97,10 +108,11 @@ def grpo_loss(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
     loss_type: LossType = "dapo",
-    max_completion_length: int | None = None,
-    num_tokens: float | None = None,
+    divisor: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The GRPO objective and its diagnostics (clip fraction, mean KL) over masked tokens."""
+    """The GRPO objective and its diagnostics (clip fraction, mean KL) over masked tokens.
+    `divisor`: the whole batch's `loss_divisor` when this is one micro-batch of it (default:
+    this batch's own, which needs no `max_completion_length`: not for dr_grpo)."""
     per_token, clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
     metrics = {}
     if beta > 0:
@@ -110,7 +122,8 @@ def grpo_loss(
         per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl.detach(), mask)
     metrics["clip_fraction"] = masked_mean(clipped, mask)
-    return aggregate(per_token, mask, loss_type, max_completion_length, num_tokens), metrics
+    divisor = loss_divisor(loss_type, mask) if divisor is None else divisor
+    return aggregate(per_token, mask, loss_type, divisor), metrics
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
