@@ -5,12 +5,30 @@ Only torch and PIL are imported at the top, so a TRL worker process loads nothin
 
 from __future__ import annotations
 
+import os
+import platform
 import time
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
 from PIL import Image
 
 COLORS = ("red", "green", "blue", "yellow")
+PACKAGES = ("lit-caprl", "torch", "transformers", "lightning", "trl", "peft", "accelerate", "pyarrow", "pillow")
+
+
+def environment() -> dict:
+    """What a result was measured with: package versions, Python, the CPU and its thread count.
+    Dependency releases change these numbers (TRL's GRPO step went from 1.1 s to 20 s between
+    installs), so every result JSON records it."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {"versions": versions, "python": platform.python_version(), "machine": platform.machine(),
+            "cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}  # fmt: skip
 
 
 def color_reward(texts: list[str]) -> list[float]:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import color_reward, images, lit_grpo, step_times
+from common import color_reward, environment, images, lit_grpo, step_times
 
 CONFIGS = [(4, 0.04), (4, 0.0), (1, 0.04), (1, 0.0)]  # (prompts per step, beta); G = 8
 G, LENGTH = 8, 64
@@ -135,7 +135,8 @@ def main() -> None:
     meta = {"repeats": a.repeats, "steps": a.steps, "warmup_dropped": a.warmup, "threads": 2,
             "model": a.model or "make_tiny qwen2_5_vl small (built here)"}  # fmt: skip
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"settings": meta, "results": results}, indent=2) + "\n")
+    payload = {"settings": meta, "environment": environment(), "results": results}
+    Path(a.out).write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
+
+from common import environment
 
 COLUMNS = "id, image{bytes, path}, prompt, data_source, reward_model.ground_truth"
 
@@ -99,7 +99,7 @@ def main() -> None:
             print(json.dumps(row))
     payload = {
         "benchmark": "lit-caprl data import --format caprl-qa", "columns": COLUMNS,
-        "versions": {k: version(k) for k in ("pyarrow", "pillow", "lit-caprl")} | {"python": platform.python_version()},
+        "environment": environment(),
         "results": results,
         "rss_ratio_largest_to_smallest": results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"],
     }  # fmt: skip

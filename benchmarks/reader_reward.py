@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import environment
 
 from lit_caprl.data import prompts, shapes
 from lit_caprl.data.schema import load_records
@@ -90,7 +91,8 @@ def length_sweep(words: list[int], n: int, draws: int, repeats: int, out: Path) 
             print(f"{w:5d} words ({tokens:4d}-token prompts): logprob {lp:7.1f} q/s, sample {one_qps:7.1f} (1 token) "
                   f"{ten_qps:7.1f} (10 tokens): {lp / one_qps:.2f}x .. {lp / ten_qps:.2f}x")  # fmt: skip
     result = dict(reader="random-init qwen2 'small' (hidden 256, 4 layers), letter format", captions=n,
-                  draws_per_caption=draws, rotations=False, repeats=repeats, lengths=rows)  # fmt: skip
+                  draws_per_caption=draws, rotations=False, repeats=repeats, environment=environment(),
+                  lengths=rows)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -149,6 +151,7 @@ def main() -> None:
         "ratio": lp_qps / s_qps,
         "logprob_std": lp_std,
         "sample_std": s_std,
+        "environment": environment(),
     }
     print(
         f"{len(captions)} captions ({result['policy']}), {result['distinct_captions']} distinct (caption, image) pairs"

@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import lit_grpo
+from common import environment, lit_grpo
 
 PHASES = ("generation", "reward", "reference_logprobs", "update", "other")
 EVENTS: list[tuple[float, str, float]] = []  # (end time, phase, seconds)
@@ -130,7 +130,8 @@ def main() -> None:
                   f"= {100 * row['vision_share']:.1f}%", flush=True)  # fmt: skip
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"prompts_per_step": 4, "beta": 0.04, "steps": a.steps, "rows": rows}, indent=2) + "\n")
+    payload = {"prompts_per_step": 4, "beta": 0.04, "steps": a.steps, "environment": environment(), "rows": rows}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
     plot(rows, out.with_suffix(".png"))
 
 

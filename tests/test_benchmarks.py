@@ -19,6 +19,7 @@ def test_reader_reward_benchmark_quick(tmp_path):
     result = json.loads(out.read_text())
     assert {"logprob_qps", "sample_qps", "ratio", "logprob_std", "sample_std"} <= result.keys()
     assert result["logprob_std"] == 0.0
+    assert result["environment"]["versions"]["transformers"] and result["environment"]["cpus"] >= 1
 
 
 def test_reader_reward_length_sweep_quick(tmp_path):
@@ -60,4 +61,4 @@ def test_import_throughput_benchmark_quick(tmp_path):
     result = json.loads(out.read_text())
     assert [r["rows"] for r in result["results"]] == [200, 600]
     assert all(r["rows_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in result["results"])
-    assert "pyarrow" in result["versions"]
+    assert result["environment"]["versions"]["pyarrow"]
