@@ -63,7 +63,10 @@ def clipped_surrogate(
 
 
 def loss_divisor(
-    loss_type: LossType, mask: Tensor, max_completion_length: int | None = None, global_tokens: float | None = None
+    loss_type: LossType,
+    mask: Tensor,
+    max_completion_length: int | None = None,
+    global_tokens: Tensor | float | None = None,
 ) -> Tensor:
     """What a rollout batch's loss is divided by, as each method defines it (`mask` is the whole
     batch's, [N, L]); `aggregate` divides every micro-batch's sum by it, so micro-batches add up
