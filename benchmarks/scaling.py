@@ -33,7 +33,7 @@ def instrument() -> None:
     caption decoding and the reward; the reward phase is sampling minus generation."""
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
-    from lit_caprl.callbacks import rollout
+    from lit_caprl import rollout
     from lit_caprl.models.adapter import VLMAdapter
     from lit_caprl.stages import GRPOStage
 
@@ -50,7 +50,7 @@ def instrument() -> None:
         setattr(owner, name, wrapper)
 
     timed(VLMAdapter, "generate", "generation")
-    timed(rollout, "sample_and_score", "sampling")
+    timed(rollout, "sample", "sampling")
     timed(GRPOStage, "reference_logprobs", "reference_logprobs")
     timed(GRPOStage, "training_step", "update")
     timed(qwen.Qwen2_5_VisionTransformerPretrainedModel, "forward", "vision")
@@ -67,6 +67,7 @@ def measure(model: str, g: int, length: int, steps: int, warmup: int) -> dict:
             if start < t <= end:
                 phases[phase] += seconds
         phases["reward"] = phases["sampling"] - phases["generation"]
+        phases["update"] -= phases["reference_logprobs"]  # the training step computes them first
         phases["other"] = phases["step"] - sum(phases[p] for p in PHASES[:-1])
         per_step.append(phases)
     row = {"g": g, "length": length}

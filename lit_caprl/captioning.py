@@ -23,7 +23,7 @@ from lit_caprl.data.datamodules import ListDataset, collate
 from lit_caprl.data.sources import source_records, written_ids
 from lit_caprl.evaluate import caption_images, check_num_captions
 from lit_caprl.models.loading import load_export
-from lit_caprl.sampling import stream_seed
+from lit_caprl.rollout import stream_seed
 
 
 class Captioner(L.LightningModule):

@@ -19,7 +19,7 @@ from lit_caprl.data.schema import Record, load_records
 from lit_caprl.io import atomic_dir, link_image
 from lit_caprl.models.loading import load_model
 from lit_caprl.rewards.base import FrozenReward
-from lit_caprl.sampling import sample_and_score
+from lit_caprl.rollout import RolloutConfig, sample
 
 PAIRS_FILE = "pairs.jsonl"
 
@@ -101,6 +101,7 @@ def mine_pairs(
         limit: use the first `limit` records only.
     """
     torch.manual_seed(seed)
+    config = RolloutConfig(num_generations, max_new_tokens, temperature)
     adapter = load_model(policy)
     records = load_records(data)[0][:limit]
     kept, margins = 0, []
@@ -109,12 +110,10 @@ def mine_pairs(
         for i in range(0, len(records), batch_size):
             chunk = records[i : i + batch_size]
             images = [r.load_image() for r in chunk]
-            _, _, captions, scored = sample_and_score(
-                adapter, reward, images, [prompt] * len(chunk), chunk, num_generations, max_new_tokens, temperature
-            )
-            rewards = scored.rewards.view(len(chunk), -1).cpu()
+            ro = sample(adapter, reward, images, [prompt] * len(chunk), chunk, config)
+            rewards = ro.group_rewards.cpu()
             margins += (rewards.max(1).values - rewards.min(1).values).tolist()
-            kept += writer.append(mine_groups(chunk, captions, rewards, min_margin, policy))
+            kept += writer.append(mine_groups(chunk, ro.texts, rewards, min_margin, policy))
         q = torch.quantile(torch.tensor(margins), torch.tensor([0.5, 0.9, 1.0])).tolist()
         summary = {"out": str(Path(out) / PAIRS_FILE), "images": len(records), "pairs": kept,
                    "margin_p50_p90_max": [round(x, 4) for x in q]}  # fmt: skip

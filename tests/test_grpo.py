@@ -73,8 +73,8 @@ def test_dynamic_sampling_drops_zero_std_groups_and_refills(tiny_models, shapes_
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=4))
     assert trainer.callback_metrics["rollout/dropped_groups"] > 0
     for ro in captured:
-        assert ro.rewards.shape == (4, 4)  # refilled to the full batch of 4 groups
-        assert (ro.rewards.std(dim=1) > 0).all()  # no zero-std group is left
+        assert ro.group_rewards.shape == (4, 4)  # refilled to the full batch of 4 groups
+        assert (ro.group_rewards.std(dim=1) > 0).all()  # no zero-std group is left
         assert len(ro.prompts) == len(ro.completions.ids) == len(ro.texts) == 16
 
 

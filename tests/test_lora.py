@@ -55,8 +55,8 @@ def test_lora_grpo_trains_adapters_only_and_the_reference_is_the_base(quantize, 
     base = load_model(tiny_models["qwen2_5_vl"], quantize=quantize)
     with torch.no_grad():
         expected = base.completion_logprobs(ro.prompts, ro.completions)
-        reference = module.reference_logprobs(ro.prompts, ro.completions, 1.0)
-        policy = module.sequence_logprobs(module.adapter, ro.prompts, ro.completions, 1.0)
+        reference = module.reference_logprobs(ro)
+        policy = module.sequence_logprobs(module.adapter, ro)
     mask = ro.completions.mask.bool()
     torch.testing.assert_close(reference[mask], expected[mask], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(policy[mask], expected[mask], atol=1e-3)  # the adapters did move the policy

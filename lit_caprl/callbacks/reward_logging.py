@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 
+from lit_caprl.rollout import Rollout
+
 
 class RewardLoggingCallback(L.Callback):
     """Logs what a GRPO user watches to tell learning from collapse or reward hacking.
@@ -24,8 +26,8 @@ class RewardLoggingCallback(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: dict, batch_idx: int
     ) -> None:
-        ro = batch.get("rollout")
-        if ro is None:
+        ro = outputs.get("rollout") if isinstance(outputs, dict) else None
+        if ro is None:  # not a GRPO step
             return
         n = len(ro.texts)
         log = dict(batch_size=n, on_step=True, on_epoch=False)
@@ -34,7 +36,7 @@ class RewardLoggingCallback(L.Callback):
             if len(finite):
                 pl_module.log(f"reward/{name}/mean", finite.mean(), **log)
                 pl_module.log(f"reward/{name}/std", finite.std() if len(finite) > 1 else finite.new_zeros(()), **log)
-        pl_module.log("reward/frac_zero_std_groups", (ro.rewards.std(dim=1) == 0).float().mean(), **log)
+        pl_module.log("reward/frac_zero_std_groups", (ro.group_rewards.std(dim=1) == 0).float().mean(), **log)
         pl_module.log("completions/mean_length", ro.completions.lengths.float().mean(), prog_bar=True, **log)
         pl_module.log("completions/truncated_ratio", ro.completions.truncated.float().mean(), **log)
         step = pl_module.rollout_step
@@ -59,10 +61,10 @@ class RewardLoggingCallback(L.Callback):
             for lg in wandb_loggers:
                 lg.log_table(key="samples", columns=columns, data=data, step=trainer.global_step)
 
-    def sample_rows(self, ro) -> list[dict]:
+    def sample_rows(self, ro: Rollout) -> list[dict]:
         """`num_samples` evenly spaced captions of this rank's rollout, as plain table rows."""
-        n, g = len(ro.texts), len(ro.texts) // len(ro.records)
-        rewards = ro.rewards.flatten().tolist()
+        n, g = len(ro.texts), ro.group_size
+        rewards = ro.rewards.tolist()
         rows = []
         for i in torch.linspace(0, n - 1, self.num_samples).long().tolist():
             row = {"image": str(ro.records[i // g].image), "caption": ro.texts[i], "reward": rewards[i]}

@@ -1,7 +1,8 @@
 """GRPO: the policy update over a rollout batch that `RolloutCallback` attached.
 
-Manual optimization: `mu` inner epochs over each rollout, gradient accumulation over
-micro-batches, one optimizer step per epoch. The math is in `losses.py`.
+`training_step` reads top to bottom: the loss mask and divisor, old and reference log-probs,
+then `mu` epochs, each one optimizer step over micro-batches (`policy_epoch`). Manual
+optimization, because one batch makes several steps. The math is in `losses.py`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
-from lit_caprl.models.adapter import Completions, PromptBatch, VLMAdapter
+from lit_caprl.callbacks.rollout import RolloutCallback
+from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.models.loading import load_policy
 from lit_caprl.models.lora import LoRA, reference_mode
 from lit_caprl.models.sharding import average_gradients, is_sharded, max_over_ranks, shard
 from lit_caprl.rewards.base import freeze
+from lit_caprl.rollout import Rollout, RolloutConfig
 from lit_caprl.stages import losses
 from lit_caprl.stages.optim import NonFiniteGuard
 from lit_caprl.stages.policy import PolicyStage
@@ -100,27 +103,104 @@ class GRPOStage(PolicyStage, L.LightningModule):
         # With LoRA the reference is the policy with its adapters disabled: no second copy.
         self.ref = freeze(copy.deepcopy(self.policy)) if beta > 0 and lora is None else None
         self.ref_adapter = VLMAdapter(self.ref, self.adapter.processor) if self.ref is not None else None
+        self.rollout_config = RolloutConfig(
+            num_generations, max_new_tokens, temperature, top_p, scale_rewards, advantage, seed
+        )
         self.rollout_step = 0
         self.nonfinite = NonFiniteGuard(max_bad_steps)
 
-    def sequence_logprobs(
-        self, adapter: VLMAdapter, prompts: PromptBatch, completions: Completions, temperature: float
-    ) -> Tensor:
-        """Per-token log-probs of a whole rollout under `adapter`'s model, without gradient."""
-        width = completions.ids.shape[1]
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Every GRPO step needs a rollout: a trainer without a `RolloutCallback` gets the default one."""
+        return [] if any(isinstance(c, RolloutCallback) for c in self.trainer.callbacks) else [RolloutCallback()]
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        """One rollout batch (attached by `RolloutCallback`) -> `mu` optimizer steps."""
+        ro, hp = batch["rollout"], self.hparams
+        mask = self.loss_mask(ro)
+        divisor = self.loss_divisor(mask)
+        old = self.sequence_logprobs(self.adapter, ro) if hp.mu > 1 else None  # None: the ratio is exactly 1
+        ref = self.reference_logprobs(ro) if hp.beta > 0 else None
+        stats: dict[str, list[Tensor]] = {"loss": [], "kl": [], "clip_fraction": [], "entropy_proxy": []}
+        for _ in range(hp.mu):
+            self.policy_epoch(ro, mask, divisor, old, ref, stats)
+        self.rollout_step += 1
+        self._log(ro, stats)
+        if hp.max_rollout_steps is not None and self.rollout_step >= hp.max_rollout_steps:
+            self.trainer.should_stop = True
+        return {"rollout": ro}
+
+    def loss_mask(self, ro: Rollout) -> Tensor:
+        """The completion tokens that get gradient: all, or none of a truncated one (`mask_truncated`)."""
+        mask = ro.completions.mask.clone()
+        if self.hparams.mask_truncated:
+            mask[ro.completions.truncated] = 0
+        return mask
+
+    def loss_divisor(self, mask: Tensor) -> Tensor:
+        """The whole rollout's divisor for `loss_type`; dapo counts the tokens of every rank, over
+        the world size because gradients are averaged over ranks."""
+        hp = self.hparams
+        global_tokens = None
+        if hp.loss_type == "dapo":
+            global_tokens = self.trainer.strategy.reduce(mask.sum().float(), reduce_op="sum") / self.trainer.world_size
+        return losses.loss_divisor(hp.loss_type, mask, hp.max_new_tokens, global_tokens).to(self.device)
+
+    def sequence_logprobs(self, adapter: VLMAdapter, ro: Rollout) -> Tensor:
+        """Per-token log-probs of the whole rollout under `adapter`'s model, without gradient."""
+        width = ro.completions.ids.shape[1]
         chunks = []
         with torch.no_grad():
-            for idx, weight in self.micro_batches(len(prompts)):
-                rows = completions.select(idx, trim=True)
-                lp = self.logprobs(adapter, adapter.select(prompts, idx), rows, temperature)
+            for idx, weight in self.micro_batches(len(ro.texts)):
+                lp = self.logprobs(adapter, ro, idx)
                 if weight:
                     chunks.append(F.pad(lp, (0, width - lp.shape[1])))
         return torch.cat(chunks)
 
-    def reference_logprobs(self, prompts: PromptBatch, completions: Completions, temperature: float) -> Tensor:
+    def reference_logprobs(self, ro: Rollout) -> Tensor:
         """Per-token log-probs under the reference: the frozen copy, or the policy without adapters."""
         with reference_mode(self.policy):
-            return self.sequence_logprobs(self.ref_adapter or self.adapter, prompts, completions, temperature)
+            return self.sequence_logprobs(self.ref_adapter or self.adapter, ro)
+
+    def policy_epoch(self, ro: Rollout, mask: Tensor, divisor: Tensor, old, ref, stats: dict) -> None:
+        """One optimizer step over the rollout: micro-batch losses and backward passes (gradients
+        synchronised once, after the last), a non-finite check, clipping, the step."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        opt.zero_grad()
+        chunks = self.micro_batches(len(ro.texts), shuffle=True)
+        for i, (idx, weight) in enumerate(chunks):
+            logp = self.logprobs(self.adapter, ro, idx)
+            w = logp.shape[1]
+            m = mask[idx, :w]
+            loss, metrics = losses.grpo_loss(
+                logp, logp.detach() if old is None else old[idx, :w], ro.advantages[idx], m,
+                None if ref is None else ref[idx, :w], self.hparams.beta, self.hparams.epsilon_low,
+                self.hparams.epsilon_high, self.hparams.loss_type, divisor,
+            )  # fmt: skip
+            self.accumulate(loss * weight, last=i == len(chunks) - 1)
+            if weight:
+                stats["loss"].append(loss.detach())
+                stats["clip_fraction"].append(metrics["clip_fraction"])
+                stats["entropy_proxy"].append(losses.masked_mean(-logp.detach(), m))
+                if "kl" in metrics:
+                    stats["kl"].append(metrics["kl"])
+        if isinstance(self.trainer.strategy, DDPStrategy):
+            average_gradients(self.policy.parameters())
+        if not self.nonfinite.ok(torch.stack(stats["loss"]).sum(), self.policy.parameters()):
+            opt.zero_grad()  # a NaN reward or an overflow costs this step, not the run
+            return
+        if self.hparams.max_grad_norm:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        sched.step()
+
+    def accumulate(self, loss: Tensor, last: bool) -> None:
+        """Accumulate one micro-batch's gradient; ranks exchange gradients only after the `last`
+        (FSDP2 reduce-scatters then; under DDP the stage averages them itself)."""
+        if is_sharded(self.policy):
+            self.policy.set_requires_gradient_sync(last)
+        ddp = isinstance(self.trainer.strategy, DDPStrategy)
+        with self.trainer.strategy.block_backward_sync() if ddp else nullcontext():
+            self.manual_backward(loss)
 
     def micro_batches(self, n: int, shuffle: bool = False) -> list[tuple[Tensor, float]]:
         """Row indices of `n` rollout rows in chunks of whole groups (about `micro_batch_size`
@@ -135,12 +215,14 @@ class GRPOStage(PolicyStage, L.LightningModule):
         extra = max_over_ranks(len(chunks)) - len(chunks) if is_sharded(self.policy) else 0
         return [(c, 1.0) for c in chunks] + [(chunks[-1], 0.0)] * extra
 
-    def logprobs(self, adapter: VLMAdapter, prompts: PromptBatch, completions: Completions, temperature: float):
-        """Log-probs of whole groups, each prompt encoded once and shared by its G completions
-        (not with gradient checkpointing, which drops the KV cache the sharing needs)."""
+    def logprobs(self, adapter: VLMAdapter, ro: Rollout, idx: Tensor) -> Tensor:
+        """Per-token log-probs of rollout rows `idx` (whole groups), trimmed to their longest
+        completion; each prompt is encoded once and shared by its G completions (not with
+        gradient checkpointing, which drops the KV cache the sharing needs)."""
         checkpointing = adapter.base.is_activation_checkpointing and torch.is_grad_enabled()
         group = 1 if checkpointing else self.hparams.num_generations
-        return adapter.completion_logprobs(prompts, completions, temperature, group=group)
+        prompts, completions = adapter.select(ro.prompts, idx), ro.completions.select(idx, trim=True)
+        return adapter.completion_logprobs(prompts, completions, self.hparams.temperature, group=group)
 
     def configure_model(self) -> None:
         """Under FSDP2 the policy is one root (see `PolicyStage`); the reference is its own root
@@ -161,62 +243,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
         """Batches hold PIL images and records; the rollout encodes and places tensors itself."""
         return batch
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        if "rollout" not in batch:
-            raise RuntimeError("GRPOStage needs lit_caprl.callbacks.RolloutCallback in trainer.callbacks")
-        ro, hp = batch["rollout"], self.hparams
-        opt, sched = self.optimizers(), self.lr_schedulers()
-        mask = ro.completions.mask.clone()
-        if hp.mask_truncated:
-            mask[ro.completions.truncated] = 0
-        n = len(ro.prompts)
-        global_tokens = None
-        if hp.loss_type == "dapo":  # gradients are averaged over ranks: the global count over world size
-            global_tokens = self.trainer.strategy.reduce(mask.sum().float(), reduce_op="sum") / self.trainer.world_size
-        divisor = losses.loss_divisor(hp.loss_type, mask, ro.max_new_tokens, global_tokens).to(self.device)
-        stats: dict[str, list[Tensor]] = {"loss": [], "kl": [], "clip_fraction": [], "entropy_proxy": []}
-        ddp = isinstance(self.trainer.strategy, DDPStrategy)
-        for _ in range(hp.mu):
-            opt.zero_grad()
-            chunks = self.micro_batches(n, shuffle=True)
-            for i, (idx, weight) in enumerate(chunks):
-                if is_sharded(self.policy):  # reduce-scatter gradients once, after the last micro-batch
-                    self.policy.set_requires_gradient_sync(i == len(chunks) - 1)
-                comps = ro.completions.select(idx, trim=True)
-                logp = self.logprobs(self.adapter, self.adapter.select(ro.prompts, idx), comps, ro.temperature)
-                w = logp.shape[1]
-                m = mask[idx, :w]
-                old = ro.old_logp[idx, :w] if ro.old_logp is not None else logp.detach()
-                ref = ro.ref_logp[idx, :w] if ro.ref_logp is not None else None
-                loss, metrics = losses.grpo_loss(
-                    logp, old, ro.advantages[idx], m, ref, hp.beta, hp.epsilon_low, hp.epsilon_high, hp.loss_type,
-                    divisor,
-                )  # fmt: skip
-                loss = loss * weight
-                with self.trainer.strategy.block_backward_sync() if ddp else nullcontext():
-                    self.manual_backward(loss)
-                if not weight:
-                    continue
-                stats["loss"].append(loss.detach())
-                stats["clip_fraction"].append(metrics["clip_fraction"])
-                stats["entropy_proxy"].append(losses.masked_mean(-logp.detach(), m))
-                if "kl" in metrics:
-                    stats["kl"].append(metrics["kl"])
-            if ddp:
-                average_gradients(self.policy.parameters())
-            if not self.nonfinite.ok(torch.stack(stats["loss"]).sum(), self.policy.parameters()):
-                opt.zero_grad()  # a NaN reward or an overflow costs this step, not the run
-                continue
-            if hp.max_grad_norm:
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-            sched.step()
-        self.rollout_step += 1
-        self._log(ro, stats)
-        if hp.max_rollout_steps is not None and self.rollout_step >= hp.max_rollout_steps:
-            self.trainer.should_stop = True
-
-    def _log(self, ro, stats: dict[str, list[Tensor]]) -> None:
+    def _log(self, ro: Rollout, stats: dict[str, list[Tensor]]) -> None:
         n = len(ro.texts)
         self.log("rollout_step", float(self.rollout_step), batch_size=n)
         self.log("train/loss", torch.stack(stats["loss"]).sum() / self.hparams.mu, prog_bar=True, batch_size=n)
