@@ -58,6 +58,7 @@ def lit_grpo(model: str, prompts: int, g: int, length: int, beta: float, steps: 
     from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
     from lit_caprl.rewards import RewardOutput
     from lit_caprl.stages import GRPOStage
+    from lit_caprl.stages.optim import Optim
 
     class ColorWords(torch.nn.Module):
         def forward(self, captions, records, step=0):
@@ -75,9 +76,9 @@ def lit_grpo(model: str, prompts: int, g: int, length: int, beta: float, steps: 
             stamps.append(time.perf_counter())
 
     L.seed_everything(0)
-    module = GRPOStage(model, ColorWords(), num_generations=g, max_new_tokens=length, temperature=1.0, lr=1e-5,
+    module = GRPOStage(model, ColorWords(), num_generations=g, max_new_tokens=length, temperature=1.0,
                        beta=beta, mu=1, loss_type="dapo", scale_rewards="group", micro_batch_size=g * prompts,
-                       max_rollout_steps=steps)  # fmt: skip
+                       max_rollout_steps=steps, optim=Optim(lr=1e-5))  # fmt: skip
     module.policy.generation_config.min_new_tokens = length
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1000, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,

@@ -1,7 +1,7 @@
 """`lit-caprl`: LightningCLI for `fit`/`validate` (`trainer_cli.py`), plus the tools. Heavy
 modules are imported by the command that needs them, so `--help` and the data tools answer fast.
 
-lit-caprl fit -c experiments/shapes/captioner_pretrain.yaml [-c more.yaml] [--model.init_args.lr=1e-4]
+lit-caprl fit -c experiments/shapes/captioner_pretrain.yaml [-c more.yaml] [--model.init_args.optim.lr=1e-4]
 lit-caprl make-tiny --family qwen2_5_vl --size small --out runs/models/qwen2_5_vl-small
 lit-caprl data shapes --out runs/data/shapes --n 4000 --n-val 500 --seed 0
 lit-caprl data check FILE.jsonl

@@ -22,6 +22,16 @@ from lit_caprl.models.paths import resolve
 RL_STAGES = ("GRPOStage", "DPOStage")  # their policy writes captions: it must see images
 
 
+def _optim_fields() -> list[str]:
+    """The fields of `lit_caprl.stages.optim.Optim`, read from its source (no torch import)."""
+    tree = ast.parse((Path(__file__).parent / "stages" / "optim.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Optim")
+    return [n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)]
+
+
+OPTIM_FIELDS = _optim_fields()
+
+
 def early_check(argv: list[str]) -> None:
     """`preflight` on the config as the command line gives it (`-c` files merged left to right,
     then `--key=value` overrides). Only an early warning: whatever this cannot read, LightningCLI
@@ -108,12 +118,22 @@ def _check_keys(section: Any, key: str) -> None:
     accepted = accepted_arguments(section["class_path"])
     if accepted is None:
         return
+    owner = section["class_path"].rsplit(".", 1)[-1]
     for name in section.get("init_args") or {}:
-        if name not in accepted:
-            close = difflib.get_close_matches(name, accepted, n=3)
-            hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"it accepts {accepted}"
-            owner = section["class_path"].rsplit(".", 1)[-1]
-            raise ConfigError(f"{key}.init_args.{name}: {owner} has no option {name!r}; {hint}")
+        if name in accepted:
+            continue
+        if "optim" in accepted and name in (*OPTIM_FIELDS, "optimizer"):  # a config from before `optim`
+            raise ConfigError(f"{key}.init_args.{name}: optimizer settings live under optim: write "
+                              f"{key}.init_args.optim.{'name' if name == 'optimizer' else name}")  # fmt: skip
+        close = difflib.get_close_matches(name, accepted, n=3)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"it accepts {accepted}"
+        raise ConfigError(f"{key}.init_args.{name}: {owner} has no option {name!r}; {hint}")
+    optim = (section.get("init_args") or {}).get("optim")
+    for name in optim if isinstance(optim, dict) and "optim" in accepted else []:
+        if name not in OPTIM_FIELDS:
+            close = difflib.get_close_matches(name, OPTIM_FIELDS, n=3)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"it accepts {OPTIM_FIELDS}"
+            raise ConfigError(f"{key}.init_args.optim.{name}: Optim has no option {name!r}; {hint}")
 
 
 def _number(value: Any) -> float | None:
@@ -158,11 +178,13 @@ def preflight(cfg: Any) -> None:
     args = model.get("init_args") or {}
     stage = str(model.get("class_path", "")).rsplit(".", 1)[-1]
     key = "model.init_args"
-    lr, vision_lr, groups = (_number(args.get(k)) for k in ("lr", "vision_lr", "num_generations"))
+    optim = args.get("optim") if hasattr(args.get("optim"), "get") else {}
+    lr, vision_lr = _number(optim.get("lr")), _number(optim.get("vision_lr"))
+    groups = _number(args.get("num_generations"))
     if lr is not None and not lr > 0:
-        raise ConfigError(f"{key}.lr must be > 0, got {args['lr']}")
+        raise ConfigError(f"{key}.optim.lr must be > 0, got {optim['lr']}")
     if vision_lr is not None and vision_lr < 0:
-        raise ConfigError(f"{key}.vision_lr must be >= 0 (0 freezes the vision tower), got {args['vision_lr']}")
+        raise ConfigError(f"{key}.optim.vision_lr must be >= 0 (0 freezes the vision tower), got {optim['vision_lr']}")
     if groups is not None and groups < 2:
         raise ConfigError(f"{key}.num_generations must be >= 2: GRPO compares captions of one image, got "
                           f"{args['num_generations']}")  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -20,7 +21,32 @@ from lit_caprl.data.schema import Record
 from lit_caprl.engines import HFEngine, Request, RolloutEngine
 from lit_caprl.models.adapter import Completions, PromptBatch, VLMAdapter
 from lit_caprl.models.sharding import all_ranks
-from lit_caprl.stages.losses import ScaleRewards, group_advantages
+
+ScaleRewards = Literal["group", "batch", "none"]
+
+
+def group_advantages(
+    rewards: Tensor, scale: ScaleRewards = "group", estimator: Literal["grpo", "rloo"] = "grpo", eps: float = 1e-4
+) -> Tensor:
+    """Advantage of each completion against the others of its prompt, shape [B, G].
+
+    grpo: r - mean(group), divided by the group std ("group"), the whole batch's std ("batch",
+    as Dr. GRPO / TRL's scale_rewards="batch") or not at all ("none").
+    rloo: r - mean(the other G-1 rewards of the group) (leave-one-out baseline), then scaled alike.
+    A group whose rewards are all equal gets zero advantage, never NaN.
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [prompts, G>=2], got {tuple(rewards.shape)}")
+    g = rewards.shape[1]
+    mean = rewards.mean(dim=1, keepdim=True)
+    centred = rewards - mean
+    if estimator == "rloo":
+        centred = centred * g / (g - 1)  # r - (sum - r)/(G-1) == (r - mean) * G/(G-1)
+    if scale == "group":
+        return centred / (rewards.std(dim=1, keepdim=True) + eps)
+    if scale == "batch":
+        return centred / (rewards.std() + eps)
+    return centred
 
 
 @dataclass(frozen=True)

@@ -61,14 +61,14 @@ def test_config_parses(config):
 def test_several_configs_merge_and_interpolate(tmp_path):
     extra = tmp_path / "extra.yaml"
     extra.write_text(
-        "model:\n  init_args:\n    lr: 0.123\n"
+        "model:\n  init_args:\n    optim:\n      lr: 0.123\n"
         "data:\n  init_args:\n    root: /tmp/shapes-x\n"
         "trainer:\n  default_root_dir: ${data.init_args.root}-out\n"
     )
     base = ROOT / "experiments/shapes/captioner_pretrain.yaml"
     cli = ParseOnlyCLI(args=["-c", str(base), "-c", str(extra)], run=False)
-    assert cli.config.model.init_args.lr == 0.123
-    assert cli.config.model.init_args.warmup_steps == 30  # kept from the first file
+    assert cli.config.model.init_args.optim.lr == 0.123
+    assert cli.config.model.init_args.optim.warmup_steps == 30  # kept from the first file
     assert cli.config.trainer.default_root_dir == "/tmp/shapes-x-out"
 
 

@@ -15,6 +15,7 @@ from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
 from lit_caprl.data.schema import load_records
 from lit_caprl.rewards import CapRLQAReward, RewardOutput
 from lit_caprl.stages import DPOStage, GRPOStage
+from lit_caprl.stages.optim import Optim
 
 
 def _trainer(tmp_path, callbacks=(), **kwargs) -> L.Trainer:
@@ -71,9 +72,9 @@ def test_a_grpo_step_follows_the_gradient_of_its_objective(tiny_models, shapes_r
     any loss type's divisor or micro-batch weighting gone wrong."""
     L.seed_everything(0)
     g, lr = 4, 1e-3
-    module = GRPOStage(tiny_models["qwen2_5_vl"], _LengthReward(), num_generations=g, max_new_tokens=8, lr=lr,
-                       temperature=1.0, micro_batch_size=g, loss_type=loss_type, max_grad_norm=0.0,
-                       scale_rewards=scale, advantage=estimator, dtype="float64")  # fmt: skip
+    module = GRPOStage(tiny_models["qwen2_5_vl"], _LengthReward(), num_generations=g, max_new_tokens=8,
+                       temperature=1.0, micro_batch_size=g, loss_type=loss_type, scale_rewards=scale,
+                       advantage=estimator, dtype="float64", optim=Optim(lr=lr, max_grad_norm=0.0))  # fmt: skip
     sgd = torch.optim.SGD(module.policy.parameters(), lr=lr)
     module.configure_optimizers = lambda: {"optimizer": sgd, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(
         sgd, lambda _: 1.0)}  # fmt: skip
@@ -137,7 +138,7 @@ def test_dpo_steps_make_chosen_captions_more_likely_than_rejected(pairs_dir, tin
     pair outside the stage; with the sides swapped this margin would shrink."""
     records = load_records(pairs_dir / "pairs.jsonl")[0]
     L.seed_everything(0)
-    module = DPOStage(tiny_models["qwen2_5_vl"], beta=0.1, lr=1e-3, loss_type=loss_type)
+    module = DPOStage(tiny_models["qwen2_5_vl"], beta=0.1, loss_type=loss_type, optim=Optim(lr=1e-3))
     margin0 = _caption_logps(module, records, [r.chosen for r in records]) - _caption_logps(
         module, records, [r.rejected for r in records]
     )

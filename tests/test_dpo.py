@@ -9,6 +9,7 @@ from lit_caprl.data import PairData
 from lit_caprl.data.schema import load_records
 from lit_caprl.mining import select_pair
 from lit_caprl.stages import DPOStage
+from lit_caprl.stages.optim import Optim
 
 
 def test_select_pair_applies_the_margin_filter():
@@ -31,7 +32,7 @@ def test_mined_pairs_pass_the_schema_and_carry_provenance(pairs_dir, tiny_models
 @pytest.mark.parametrize("precompute", [False, True])
 def test_one_dpo_step_moves_policy_not_reference(pairs_dir, tiny_models, tmp_path, precompute):
     L.seed_everything(0)
-    module = DPOStage(tiny_models["qwen2_5_vl"], beta=0.1, lr=1e-2, precompute_ref_logps=precompute)
+    module = DPOStage(tiny_models["qwen2_5_vl"], beta=0.1, precompute_ref_logps=precompute, optim=Optim(lr=1e-2))
     policy0 = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     ref = module.ref
     ref0 = {n: p.detach().clone() for n, p in ref.named_parameters()}
@@ -61,7 +62,7 @@ def test_rpo_adds_the_chosen_captions_token_nll(pairs_dir, tiny_models, tmp_path
     data = PairData(pairs, pairs, batch_size=len(load_records(pairs)[0]))  # one batch: every pair
     data.setup("fit")
     L.seed_everything(0)
-    module = DPOStage(tiny_models["qwen2_5_vl"], beta=0.1, lr=1e-2, rpo_alpha=0.5)
+    module = DPOStage(tiny_models["qwen2_5_vl"], beta=0.1, rpo_alpha=0.5, optim=Optim(lr=1e-2))
     with torch.no_grad():
         chosen, _, tokens = module.sequence_logps(module.adapter, next(iter(data.train_dataloader())))
     want = torch.log(torch.tensor(2.0)).item() + 0.5 * (-chosen.sum() / tokens.sum()).item()

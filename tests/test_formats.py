@@ -11,6 +11,7 @@ from PIL import Image
 from lit_caprl.data.formats import parse_question_text, strip_labels
 from lit_caprl.data.importer import import_data
 from lit_caprl.data.schema import DataError, load_records
+from lit_caprl.stages.optim import Optim
 
 PROMPT = [{"role": "user", "content": "<image> Please describe this image in detail."}]
 
@@ -210,7 +211,7 @@ def test_grpo_trains_straight_from_caprl_parquet(caprl_parquet, tiny_models, tmp
     monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
     L.seed_everything(0)
     module = GRPOStage(tiny_models["qwen2_5_vl"], CapRLQAReward(tiny_models["qwen2"], num_draws=2),
-                       num_generations=2, max_new_tokens=6, lr=1e-2, micro_batch_size=4)  # fmt: skip
+                       num_generations=2, max_new_tokens=6, micro_batch_size=4, optim=Optim(lr=1e-2))  # fmt: skip
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     data = PromptData(str(caprl_parquet), format="caprl-qa", batch_size=2)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
@@ -237,7 +238,7 @@ def test_sft_trains_on_captions_only_rows_from_a_datasets_directory(tiny_models,
              "caption": f"top big red circle {'.' * (i % 2 + 1)}"} for i in range(6)]  # fmt: skip
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "caps"))
     data = CaptionData(str(tmp_path / "caps"), format="captions", batch_size=2)
-    module = SFTStage(tiny_models["qwen2_5_vl"], lr=1e-2)
+    module = SFTStage(tiny_models["qwen2_5_vl"], optim=Optim(lr=1e-2, warmup_steps=20, schedule="cosine"))
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, default_root_dir=tmp_path).fit(module, datamodule=data)  # fmt: skip

@@ -8,6 +8,7 @@ from lit_caprl.data import ShapesPromptData
 from lit_caprl.data.schema import load_records
 from lit_caprl.rewards import CapRLQAReward, CompositeReward, LengthPenalty, RewardOutput
 from lit_caprl.stages import GRPOStage
+from lit_caprl.stages.optim import Optim
 
 
 def _trainer(tmp_path, steps: int, callbacks) -> L.Trainer:
@@ -21,8 +22,8 @@ def _trainer(tmp_path, steps: int, callbacks) -> L.Trainer:
 def test_one_grpo_step_moves_policy_only(tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
     reward = CapRLQAReward(tiny_models["qwen2"], num_draws=2)
-    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, num_generations=4, max_new_tokens=8, lr=1e-2, beta=0.04,
-                       mu=2, micro_batch_size=4)  # fmt: skip
+    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, num_generations=4, max_new_tokens=8, beta=0.04,
+                       mu=2, micro_batch_size=4, optim=Optim(lr=1e-2))  # fmt: skip
     policy0 = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     reader0 = {n: p.detach().clone() for n, p in module.reward.named_parameters()}
     ref0 = {n: p.detach().clone() for n, p in module.ref.named_parameters()}
@@ -60,7 +61,7 @@ class _SpreadOnlyForEvenScenes(torch.nn.Module):
 def test_dynamic_sampling_drops_zero_std_groups_and_refills(tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
     module = GRPOStage(tiny_models["qwen2_5_vl"], _SpreadOnlyForEvenScenes(), num_generations=4, max_new_tokens=8,
-                       lr=1e-3, micro_batch_size=8)  # fmt: skip
+                       micro_batch_size=8, optim=Optim(lr=1e-3))  # fmt: skip
     captured = []
 
     class Capture(RolloutCallback):
@@ -84,7 +85,7 @@ def test_grpo_with_a_composite_reward_logs_each_term(tiny_models, shapes_root, t
         {"qa": CapRLQAReward(tiny_models["qwen2"], num_draws=2), "length": LengthPenalty(l1=4, l2=8)},
         {"length": 0.5},
     )
-    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, num_generations=2, max_new_tokens=8, lr=1e-3)
+    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, num_generations=2, max_new_tokens=8, optim=Optim(lr=1e-3))
     trainer = _trainer(tmp_path, 1, [RolloutCallback(), RewardLoggingCallback()])
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
     for key in ("reward/qa/mean", "reward/length/mean", "reward/excluded_qa/mean", "train/reward"):
@@ -99,7 +100,8 @@ class _NaNReward(torch.nn.Module):
 
 
 def test_a_nan_reward_skips_the_step_instead_of_poisoning_the_policy(tiny_models, shapes_root, tmp_path):
-    module = GRPOStage(tiny_models["qwen2_5_vl"], _NaNReward(), num_generations=2, max_new_tokens=8, lr=1e-2)
+    reward = _NaNReward()
+    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, num_generations=2, max_new_tokens=8, optim=Optim(lr=1e-2))
     policy0 = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     trainer = _trainer(tmp_path, 1, [RolloutCallback()])
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))

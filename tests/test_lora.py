@@ -11,6 +11,7 @@ from lit_caprl.models.loading import load_model
 from lit_caprl.models.lora import LoRA
 from lit_caprl.rewards import RewardOutput
 from lit_caprl.stages import GRPOStage, SFTStage
+from lit_caprl.stages.optim import Optim
 
 
 class WordCount(torch.nn.Module):
@@ -39,8 +40,8 @@ def _grpo(module, tmp_path, callbacks=()) -> list:
 def test_lora_grpo_trains_adapters_only_and_the_reference_is_the_base(quantize, tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
     lora = LoRA(r=4, alpha=8, quantize=quantize)
-    module = GRPOStage(tiny_models["qwen2_5_vl"], WordCount(), num_generations=4, max_new_tokens=8, lr=1e-2,
-                       beta=0.04, lora=lora, optimizer="adamw8bit")  # fmt: skip
+    module = GRPOStage(tiny_models["qwen2_5_vl"], WordCount(), num_generations=4, max_new_tokens=8,
+                       beta=0.04, lora=lora, optim=Optim(lr=1e-2, name="adamw8bit"))  # fmt: skip
     assert module.ref is None  # the reference is the policy with adapters off, not a copy
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     trainable = {n for n, p in module.policy.named_parameters() if p.requires_grad}
@@ -65,7 +66,8 @@ def test_lora_grpo_trains_adapters_only_and_the_reference_is_the_base(quantize, 
 @pytest.mark.parametrize("merge", [True, False])
 def test_lora_exports_merged_or_as_adapters(merge, tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
-    module = SFTStage(tiny_models["qwen2_5_vl"], lr=1e-2, warmup_steps=0, lora=LoRA(r=4, alpha=8))
+    optim = Optim(lr=1e-2, warmup_steps=0, schedule="cosine")
+    module = SFTStage(tiny_models["qwen2_5_vl"], lora=LoRA(r=4, alpha=8), optim=optim)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,

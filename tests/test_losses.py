@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from lit_caprl.rollout import group_advantages
 from lit_caprl.stages.losses import (
     aggregate,
     clipped_surrogate,
     dpo_loss,
-    group_advantages,
     grpo_loss,
     k3_kl,
     loss_divisor,

@@ -59,11 +59,14 @@ def test_help_lists_every_command_without_loading_torch():
          "but model {policy} is a qwen2_5_vl (vision-language) one"),
         (["--model.init_args.init_from=runs/nope/export"], "model.init_args.init_from: runs/nope/export is neither an "
          "export directory"),
-        (["--model.init_args.lr=-0.001"], "model.init_args.lr must be > 0, got -0.001"),
-        (["--model.init_args.vision_lr=-1"], "model.init_args.vision_lr must be >= 0"),
+        (["--model.init_args.optim.lr=-0.001"], "model.init_args.optim.lr must be > 0, got -0.001"),
+        (["--model.init_args.optim.vision_lr=-1"], "model.init_args.optim.vision_lr must be >= 0"),
+        (["--model.init_args.optim.lrr=0.1"], "model.init_args.optim.lrr: Optim has no option 'lrr'; did you mean"),
+        (["--model.init_args.lr=0.1"], "model.init_args.lr: optimizer settings live under optim: write "
+         "model.init_args.optim.lr"),
         (["--data.init_args.root=runs/data/shapez"], "data.init_args.root: runs/data/shapez holds no ShapesWorld data"),
         (["--data.init_args.batch_size=0"], "data.init_args.batch_size must be >= 1, got 0"),
-        (["--model.init_args.lrr=0.1"], "model.init_args.lrr: SFTStage has no option 'lrr'; did you mean 'lr'"),
+        (["--model.init_args.modle=x"], "model.init_args.modle: SFTStage has no option 'modle'; did you mean 'model'"),
         (["--model.init_args.model=runs/models/nope"], "model.init_args.model: model directory 'runs/models/nope' does "
          "not exist"),
         (["--ckpt_path=last", "--trainer.default_root_dir={tmp}"], "ckpt_path=last: no last.ckpt under {tmp}"),

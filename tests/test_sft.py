@@ -15,6 +15,7 @@ from lit_caprl.data import ShapesCaptionData, ShapesReaderData
 from lit_caprl.models.loading import load_model
 from lit_caprl.rewards import CapRLQAReward
 from lit_caprl.stages import SFTStage
+from lit_caprl.stages.optim import Optim
 
 
 class LossHistory(L.Callback):
@@ -38,7 +39,7 @@ def _fit(module, data, steps: int, tmp_path: Path, callbacks=()) -> L.Trainer:
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2"])
 def test_sft_loss_falls_and_trainable_params_change(tiny_models, shapes_root, tmp_path, family):
     L.seed_everything(0)
-    module = SFTStage(tiny_models[family], lr=3e-3, warmup_steps=2)
+    module = SFTStage(tiny_models[family], optim=Optim(lr=3e-3, warmup_steps=2, schedule="cosine"))
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     data = (
         ShapesCaptionData(shapes_root, batch_size=8, targets="gold")
@@ -74,7 +75,7 @@ def test_loss_scores_only_target_and_eos(tiny_models):
 
 
 def test_export_round_trips_with_identical_logits(tiny_models, shapes_root, tmp_path):
-    module = SFTStage(tiny_models["qwen2_5_vl"], lr=3e-3, warmup_steps=1)
+    module = SFTStage(tiny_models["qwen2_5_vl"], optim=Optim(lr=3e-3, warmup_steps=1, schedule="cosine"))
     out = tmp_path / "export"
     _fit(module, ShapesCaptionData(shapes_root, batch_size=4), 3, tmp_path, [HFExport(str(out))])
     assert (out / "model.safetensors").is_file() and (out / "processor_config.json").is_file()
@@ -117,15 +118,15 @@ def test_reader_export_records_its_answer_format_and_the_reward_asks_in_it(tiny_
 
 
 def test_init_from_loads_weights_not_hyperparameters(tiny_models, shapes_root, tmp_path):
-    first = SFTStage(tiny_models["qwen2"], lr=5e-3, warmup_steps=1)
+    first = SFTStage(tiny_models["qwen2"], optim=Optim(lr=5e-3, warmup_steps=1, schedule="cosine"))
     trainer = _fit(
         first, ShapesReaderData(shapes_root, batch_size=8), 3, tmp_path, [HFExport(str(tmp_path / "export"))]
     )
     ckpt = tmp_path / "first.ckpt"
     trainer.save_checkpoint(ckpt)
     for source in (ckpt, tmp_path / "export"):
-        second = SFTStage(tiny_models["qwen2"], init_from=str(source), lr=1e-5)
-        assert second.hparams.lr == 1e-5
+        second = SFTStage(tiny_models["qwen2"], init_from=str(source), optim=Optim(lr=1e-5))
+        assert second.optim.lr == 1e-5
         for (n, a), (_, b) in zip(first.policy.state_dict().items(), second.policy.state_dict().items(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
     fresh = AutoModelForCausalLM.from_pretrained(tiny_models["qwen2"])
@@ -153,7 +154,7 @@ class _NaNAt(SFTStage):
 
 
 def test_a_non_finite_step_is_skipped_and_counted(tiny_models, shapes_root, tmp_path):
-    module = _NaNAt(tiny_models["qwen2"], lr=1e-2, bad_steps=(1,))
+    module = _NaNAt(tiny_models["qwen2"], bad_steps=(1,), optim=Optim(lr=1e-2, warmup_steps=20, schedule="cosine"))
     trainer = _fit(module, ShapesReaderData(shapes_root, batch_size=4), 3, tmp_path)
     before, after_bad, after_next = module.snapshots[1], module.snapshots[2], next(module.policy.parameters())
     assert torch.equal(before, after_bad)  # step 1 changed nothing
@@ -163,7 +164,7 @@ def test_a_non_finite_step_is_skipped_and_counted(tiny_models, shapes_root, tmp_
 
 
 def test_too_many_non_finite_steps_in_a_row_stop_the_run(tiny_models, shapes_root, tmp_path):
-    module = _NaNAt(tiny_models["qwen2"], bad_steps=(0, 1, 2, 3), max_bad_steps=3)
+    module = _NaNAt(tiny_models["qwen2"], bad_steps=(0, 1, 2, 3), optim=Optim(max_bad_steps=3))
     with pytest.raises(FloatingPointError, match="3 optimizer steps in a row had a non-finite loss"):
         _fit(module, ShapesReaderData(shapes_root, batch_size=4), 5, tmp_path)
 
@@ -172,7 +173,7 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(tiny_models, shapes_roo
 def test_vision_lr_applies_to_the_vision_tower_and_projector_only(tiny_models, shapes_root, tmp_path, family):
     """vision_lr = 0 leaves exactly the tower and its projector (as the model itself names them) unchanged."""
     L.seed_everything(0)
-    module = SFTStage(tiny_models[family], lr=3e-3, vision_lr=0.0, warmup_steps=0)
+    module = SFTStage(tiny_models[family], optim=Optim(lr=3e-3, vision_lr=0.0, warmup_steps=0, schedule="cosine"))
     inner = module.policy.model
     vision = [inner.visual] if family == "qwen2_5_vl" else [inner.vision_tower, inner.multi_modal_projector]
     vision_ids = {id(p) for m in vision for p in m.parameters()}

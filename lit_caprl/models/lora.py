@@ -35,6 +35,10 @@ class LoRA:
     quantize: str | None = None
 
 
+# Checkpoints carry the stage's hyper-parameters, this one included, and load with `weights_only`.
+torch.serialization.add_safe_globals([LoRA])
+
+
 def add_adapters(model: torch.nn.Module, lora: LoRA) -> PeftModel:
     """Wrap `model` in fresh LoRA adapters; only adapter weights are trainable afterwards."""
     config = LoraConfig(

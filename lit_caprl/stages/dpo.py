@@ -7,18 +7,14 @@ dropped, which frees its memory and a forward pass per step. The math is in `los
 
 from __future__ import annotations
 
-import copy
-
 import lightning as L
 import torch
 from torch import Tensor
 
 from lit_caprl.models.adapter import VLMAdapter
-from lit_caprl.models.loading import load_policy
 from lit_caprl.models.lora import LoRA, reference_mode
-from lit_caprl.rewards.base import freeze
 from lit_caprl.stages import losses
-from lit_caprl.stages.optim import GuardedOptimization
+from lit_caprl.stages.optim import GuardedOptimization, Optim
 from lit_caprl.stages.policy import PolicyStage
 
 
@@ -33,10 +29,9 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         precompute_ref_logps: score all training pairs with the reference once, then drop the reference.
         rpo_alpha: weight of an NLL term on the chosen captions (RPO, TRL's `rpo_alpha`): keeps the
             policy writing what was preferred, instead of only moving away from what was not.
-        lr, vision_lr, weight_decay, warmup_steps, schedule, max_grad_norm: AdamW as in the other stages.
-        max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
-        lora, gradient_checkpointing, optimizer: LoRA/QLoRA and memory options (see `SFTStage`); with
-            LoRA the reference is the policy with its adapters disabled.
+        optim: optimizer settings (`Optim`).
+        lora, gradient_checkpointing: LoRA/QLoRA and memory options (see `SFTStage`); with LoRA the
+            reference is the policy with its adapters disabled.
     """
 
     def __init__(
@@ -48,32 +43,17 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         label_smoothing: float = 0.0,
         precompute_ref_logps: bool = False,
         rpo_alpha: float = 0.0,
-        lr: float = 1e-5,
-        vision_lr: float | None = None,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        schedule: str = "constant",
-        max_grad_norm: float = 1.0,
-        max_bad_steps: int = 10,
+        optim: Optim = Optim(),
         lora: LoRA | None = None,
         gradient_checkpointing: bool = False,
-        optimizer: str = "adamw",
         dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.strict_loading = False  # checkpoints leave out the frozen reference
-        self.adapter = load_policy(model, init_from, dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
-        self.policy = self.adapter.model.train()
-        # With LoRA the reference is the policy with its adapters disabled: no second copy.
-        self.ref = freeze(copy.deepcopy(self.policy)) if lora is None else None
-        self.ref_adapter = VLMAdapter(self.ref, self.adapter.processor) if self.ref is not None else None
+        self.setup_policy(model, init_from, dtype, lora, gradient_checkpointing, optim, reference=True)
         self.ref_cache: dict[str, tuple[float, float]] = {}
         self.use_ref_cache = False
-
-    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
-        """Batches hold PIL images; `sequence_logps` encodes and places tensors itself."""
-        return batch
 
     def sequence_logps(self, adapter: VLMAdapter, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probs of the chosen and of the rejected captions, [P] each, in one forward pass,
@@ -110,11 +90,6 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
                 )
         self.use_ref_cache = True  # training and validation now need only the cache
         self.ref = self.ref_adapter = None
-
-    def on_train_epoch_start(self) -> None:
-        """Lightning sets every submodule to train mode; the reference stays in eval mode."""
-        if self.ref is not None:
-            self.ref.eval()
 
     def step(self, batch: dict, prefix: str) -> Tensor:
         hp = self.hparams

@@ -7,7 +7,6 @@ optimization, because one batch makes several steps. The math is in `losses.py`.
 
 from __future__ import annotations
 
-import copy
 from contextlib import nullcontext
 
 import lightning as L
@@ -18,13 +17,11 @@ from torch import Tensor
 
 from lit_caprl.callbacks.rollout import RolloutCallback
 from lit_caprl.models.adapter import VLMAdapter
-from lit_caprl.models.loading import load_policy
 from lit_caprl.models.lora import LoRA, reference_mode
 from lit_caprl.models.sharding import average_gradients, is_sharded, max_over_ranks, shard
-from lit_caprl.rewards.base import freeze
-from lit_caprl.rollout import Rollout, RolloutConfig
+from lit_caprl.rollout import Rollout, RolloutConfig, ScaleRewards
 from lit_caprl.stages import losses
-from lit_caprl.stages.optim import NonFiniteGuard
+from lit_caprl.stages.optim import Optim
 from lit_caprl.stages.policy import PolicyStage
 
 
@@ -37,8 +34,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
         num_generations: G, captions sampled per image (CapRL: 8).
         max_new_tokens: caption budget; a caption without EOS by then counts as truncated.
         temperature, top_p: sampling settings; the policy's log-probs use the same temperature.
-        lr, weight_decay, warmup_steps, schedule: AdamW; `constant` after warm-up as in CapRL++, or `cosine`.
-        vision_lr: learning rate of the vision tower and its projector (None: `lr`).
+        optim: optimizer settings (`Optim`; a constant rate after warm-up, as in CapRL++).
         beta: KL coefficient (k3) to the initial policy (a frozen copy, or the policy with LoRA adapters
             disabled); 0 holds no reference at all.
         epsilon_low, epsilon_high: clip range of the ratio (DAPO's clip-higher when high > low).
@@ -48,14 +44,12 @@ class GRPOStage(PolicyStage, L.LightningModule):
         mask_truncated: completions that hit the token budget without EOS get no gradient.
         micro_batch_size: sequences per forward/backward, rounded down to whole groups (at least one), whose
             prompts are encoded once per group; gradients accumulate to one step per epoch.
-        max_grad_norm: gradient-norm clip (0 disables).
-        max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
         max_rollout_steps: stop after this many rollout batches (Lightning's `max_steps` counts optimizer steps).
         shard_reference: under FSDP2, shard the reference model on its own instead of replicating it.
         seed: rollout sampling seed; rollout i on rank r draws from the stream (seed, r, i), so ranks
             sample independently and a resumed run draws what the uninterrupted run drew.
-        lora, gradient_checkpointing, optimizer: LoRA/QLoRA and memory options (see `SFTStage`); with
-            LoRA the reference is the policy with its adapters disabled.
+        lora, gradient_checkpointing: LoRA/QLoRA and memory options (see `SFTStage`); with LoRA the
+            reference is the policy with its adapters disabled.
     """
 
     def __init__(
@@ -67,28 +61,21 @@ class GRPOStage(PolicyStage, L.LightningModule):
         max_new_tokens: int = 64,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        lr: float = 1e-5,
-        vision_lr: float | None = None,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        schedule: str = "constant",
+        optim: Optim = Optim(),
         beta: float = 0.0,
         epsilon_low: float = 0.2,
         epsilon_high: float = 0.2,
         mu: int = 1,
         loss_type: losses.LossType = "dapo",
-        scale_rewards: losses.ScaleRewards = "group",
+        scale_rewards: ScaleRewards = "group",
         advantage: str = "grpo",
         mask_truncated: bool = False,
         micro_batch_size: int = 64,
-        max_grad_norm: float = 1.0,
-        max_bad_steps: int = 10,
         max_rollout_steps: int | None = None,
         shard_reference: bool = False,
         seed: int = 0,
         lora: LoRA | None = None,
         gradient_checkpointing: bool = False,
-        optimizer: str = "adamw",
         dtype: str = "float32",
     ) -> None:
         super().__init__()
@@ -97,17 +84,12 @@ class GRPOStage(PolicyStage, L.LightningModule):
         self.save_hyperparameters(ignore=["reward"])
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave out the frozen reward and reference
-        self.adapter = load_policy(model, init_from, dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
-        self.policy = self.adapter.model.train()
+        self.setup_policy(model, init_from, dtype, lora, gradient_checkpointing, optim, reference=beta > 0)
         self.reward = reward
-        # With LoRA the reference is the policy with its adapters disabled: no second copy.
-        self.ref = freeze(copy.deepcopy(self.policy)) if beta > 0 and lora is None else None
-        self.ref_adapter = VLMAdapter(self.ref, self.adapter.processor) if self.ref is not None else None
         self.rollout_config = RolloutConfig(
             num_generations, max_new_tokens, temperature, top_p, scale_rewards, advantage, seed
         )
         self.rollout_step = 0
-        self.nonfinite = NonFiniteGuard(max_bad_steps)
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Every GRPO step needs a rollout: a trainer without a `RolloutCallback` gets the default one."""
@@ -188,8 +170,8 @@ class GRPOStage(PolicyStage, L.LightningModule):
         if not self.nonfinite.ok(torch.stack(stats["loss"]).sum(), self.policy.parameters()):
             opt.zero_grad()  # a NaN reward or an overflow costs this step, not the run
             return
-        if self.hparams.max_grad_norm:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+        if self.optim.max_grad_norm:
+            self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
         sched.step()
 
@@ -231,17 +213,6 @@ class GRPOStage(PolicyStage, L.LightningModule):
         super().configure_model()
         if self.device_mesh is not None and self.ref is not None and self.hparams.shard_reference:
             shard(self.ref, self.device_mesh["data_parallel"])
-
-    def on_train_epoch_start(self) -> None:
-        """Lightning sets every submodule to train mode at the start of training; the reward
-        and reference models are instruments and stay in eval mode."""
-        self.reward.eval()
-        if self.ref is not None:
-            self.ref.eval()
-
-    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
-        """Batches hold PIL images and records; the rollout encodes and places tensors itself."""
-        return batch
 
     def _log(self, ro: Rollout, stats: dict[str, list[Tensor]]) -> None:
         n = len(ro.texts)

@@ -1,7 +1,7 @@
-"""The RL math as plain tensor functions: advantages, clipped surrogate, KL, aggregation, DPO.
+"""The loss math as plain tensor functions: clipped surrogate, KL, aggregation, DPO.
 
-No Lightning, no models. Shapes: rewards are [B, G] (B prompts, G completions each);
-per-token tensors are [N, L] with N = B*G sequences and a 0/1 `mask` over real tokens.
+No Lightning, no models. Per-token tensors are [N, L] with N = B*G sequences (B prompts, G
+completions each) and a 0/1 `mask` over real tokens; advantages are in `lit_caprl.rollout`.
 Formulas follow the GRPO / DAPO / Dr. GRPO and DPO / IPO / SLiC papers and TRL's `loss_type` names.
 """
 
@@ -13,32 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ScaleRewards = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
-
-
-def group_advantages(
-    rewards: Tensor, scale: ScaleRewards = "group", estimator: Literal["grpo", "rloo"] = "grpo", eps: float = 1e-4
-) -> Tensor:
-    """Advantage of each completion against the others of its prompt, shape [B, G].
-
-    grpo: r - mean(group), divided by the group std ("group"), the whole batch's std ("batch",
-    as Dr. GRPO / TRL's scale_rewards="batch") or not at all ("none").
-    rloo: r - mean(the other G-1 rewards of the group) (leave-one-out baseline), then scaled alike.
-    A group whose rewards are all equal gets zero advantage, never NaN.
-    """
-    if rewards.dim() != 2 or rewards.shape[1] < 2:
-        raise ValueError(f"rewards must be [prompts, G>=2], got {tuple(rewards.shape)}")
-    g = rewards.shape[1]
-    mean = rewards.mean(dim=1, keepdim=True)
-    centred = rewards - mean
-    if estimator == "rloo":
-        centred = centred * g / (g - 1)  # r - (sum - r)/(G-1) == (r - mean) * G/(G-1)
-    if scale == "group":
-        return centred / (rewards.std(dim=1, keepdim=True) + eps)
-    if scale == "batch":
-        return centred / (rewards.std() + eps)
-    return centred
 
 
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:

@@ -1,7 +1,9 @@
-"""AdamW with linear warm-up, then constant or cosine decay: shared by every stage."""
+"""How every stage optimises its policy: the `Optim` settings, AdamW with linear warm-up then
+constant or cosine decay, and the guard that skips non-finite steps."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -10,6 +12,36 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from lit_caprl.models.adapter import is_vision_parameter
 from lit_caprl.models.sharding import all_ranks
+
+
+@dataclass(frozen=True)
+class Optim:
+    """Optimizer settings, one object for SFT, GRPO and DPO (`model.init_args.optim.*` in a config).
+
+    Args:
+        lr: learning rate of the language model (and of everything, without `vision_lr`).
+        vision_lr: learning rate of the vision tower and its projector (None: `lr`; 0 keeps them
+            as they are); see `param_groups`.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_steps: linear warm-up from 0, in optimizer steps.
+        schedule: after warm-up, `constant`, or `cosine` decay to 0 at the run's last step.
+        max_grad_norm: gradient-norm clip (0 disables).
+        max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
+        name: adamw, or adamw8bit (bitsandbytes, 8-bit optimizer states).
+    """
+
+    lr: float = 1e-5
+    vision_lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float = 1.0
+    max_bad_steps: int = 10
+    name: Literal["adamw", "adamw8bit"] = "adamw"
+
+
+# Checkpoints carry the stage's hyper-parameters, this one included, and load with `weights_only`.
+torch.serialization.add_safe_globals([Optim])
 
 
 def param_groups(named_params, lr: float, vision_lr: float | None = None) -> list[dict]:
@@ -27,34 +59,26 @@ def param_groups(named_params, lr: float, vision_lr: float | None = None) -> lis
     return [g for g in ({"params": rest, "lr": lr}, {"params": vision, "lr": vision_lr}) if g["params"]]
 
 
-def adamw_schedule(
-    named_params,
-    lr: float,
-    weight_decay: float,
-    warmup_steps: int,
-    total_steps: int,
-    schedule: Literal["cosine", "constant"] = "cosine",
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw",
-    vision_lr: float | None = None,
-) -> dict:
+def adamw_schedule(named_params, optim: Optim, total_steps: int) -> dict:
     """Lightning's optimizer dict over the trainable parameters of `named_params` (see
     `param_groups`); the schedule steps per optimizer step and scales every group alike.
     `adamw8bit` is bitsandbytes' AdamW with 8-bit states (a quarter of AdamW's state memory)."""
-    groups = param_groups(named_params, lr, vision_lr)
-    if optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "adamw8bit":
+    groups = param_groups(named_params, optim.lr, optim.vision_lr)
+    if optim.name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    elif optim.name == "adamw8bit":
         import bitsandbytes as bnb
 
-        optimizer = bnb.optim.AdamW8bit(groups, lr=lr, weight_decay=weight_decay)
+        optimizer = bnb.optim.AdamW8bit(groups, lr=optim.lr, weight_decay=optim.weight_decay)
     else:
-        raise ValueError(f"optimizer must be adamw or adamw8bit, got {optimizer!r}")
-    if schedule == "cosine":
-        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, max(total_steps, warmup_steps + 1))
-    elif schedule == "constant":
-        scheduler = get_constant_schedule_with_warmup(optimizer, warmup_steps)
+        raise ValueError(f"optim.name must be adamw or adamw8bit, got {optim.name!r}")
+    warmup = optim.warmup_steps
+    if optim.schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, max(total_steps, warmup + 1))
+    elif optim.schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
     else:
-        raise ValueError(f"schedule must be cosine or constant, got {schedule!r}")
+        raise ValueError(f"optim.schedule must be cosine or constant, got {optim.schedule!r}")
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -89,18 +113,16 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 class GuardedOptimization:
     """LightningModule mixin for automatic optimization: gradients are clipped to
-    `hparams.max_grad_norm` (unless the Trainer sets its own clip), and an optimizer step whose
-    loss or gradient is not finite is skipped and counted (`train/skipped_steps`);
-    `hparams.max_bad_steps` in a row stop the run."""
+    `optim.max_grad_norm` (unless the Trainer sets its own clip), and an optimizer step whose
+    loss or gradient is not finite is skipped and counted (`train/skipped_steps`) by the
+    stage's `nonfinite` guard."""
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        clip = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
+        clip = gradient_clip_val if gradient_clip_val is not None else self.optim.max_grad_norm
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        if not hasattr(self, "nonfinite"):
-            self.nonfinite = NonFiniteGuard(self.hparams.get("max_bad_steps", 10))
         loss = optimizer_closure()  # forward + backward; clipping runs inside optimizer.step below
         if self.nonfinite.ok(loss, self.parameters()):
             optimizer.step()

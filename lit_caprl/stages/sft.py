@@ -6,9 +6,8 @@ import lightning as L
 import torch
 
 from lit_caprl.models.adapter import Completions, PromptBatch
-from lit_caprl.models.loading import load_policy
 from lit_caprl.models.lora import LoRA
-from lit_caprl.stages.optim import GuardedOptimization
+from lit_caprl.stages.optim import GuardedOptimization, Optim
 from lit_caprl.stages.policy import PolicyStage
 
 
@@ -20,37 +19,24 @@ class SFTStage(PolicyStage, GuardedOptimization, L.LightningModule):
     Args:
         model: model to train, Hub id or `save_pretrained` directory.
         init_from: weights to start from (export dir or `.ckpt`); hyper-parameters come from this config.
-        lr, weight_decay, warmup_steps, schedule: AdamW with linear warm-up, then cosine decay to 0 over
-            the run's `max_steps`, or `constant`.
-        vision_lr: learning rate of the vision tower and its projector (None: `lr`); see `optim.param_groups`.
-        max_grad_norm: gradient-norm clip (0 disables).
-        max_bad_steps: steps with a non-finite loss or gradient are skipped; this many in a row stop the run.
+        optim: optimizer settings (`Optim`); SFT's default decays the rate by cosine over the run.
         dtype: parameter dtype of the loaded model.
         lora: train LoRA adapters instead of all weights (`LoRA(quantize="nf4")` is QLoRA).
         gradient_checkpointing: recompute activations in backward to save memory.
-        optimizer: adamw, or adamw8bit (bitsandbytes, 8-bit optimizer states).
     """
 
     def __init__(
         self,
         model: str,
         init_from: str | None = None,
-        lr: float = 1e-3,
-        vision_lr: float | None = None,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 20,
-        schedule: str = "cosine",
-        max_grad_norm: float = 1.0,
-        max_bad_steps: int = 10,
+        optim: Optim = Optim(lr=1e-3, warmup_steps=20, schedule="cosine"),
         lora: LoRA | None = None,
         gradient_checkpointing: bool = False,
-        optimizer: str = "adamw",
         dtype: str = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.adapter = load_policy(model, init_from, dtype, lora=lora, gradient_checkpointing=gradient_checkpointing)
-        self.policy = self.adapter.model.train()  # from_pretrained returns eval mode
+        self.setup_policy(model, init_from, dtype, lora, gradient_checkpointing, optim)
 
     def encode(self, batch: dict) -> tuple[PromptBatch, Completions]:
         images = batch["image"]

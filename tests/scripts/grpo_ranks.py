@@ -20,6 +20,7 @@ from lit_caprl.data import ShapesPromptData
 from lit_caprl.models.sharding import full_state_dict
 from lit_caprl.rewards import RewardOutput
 from lit_caprl.stages import GRPOStage
+from lit_caprl.stages.optim import Optim
 from lit_caprl.strategies import AtomicModelParallelStrategy
 
 
@@ -85,10 +86,9 @@ def main() -> None:
         "fsdp2": AtomicModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
     }[a.strategy]
     module = GRPOStage(
-        a.policy, WordCount(), num_generations=4, max_new_tokens=12 if a.scripted else 24, lr=1e-3, beta=0.04, mu=2,
+        a.policy, WordCount(), num_generations=4, max_new_tokens=12 if a.scripted else 24, beta=0.04, mu=2,
         loss_type="dapo", micro_batch_size=a.micro_batch_size, shard_reference=a.shard_reference,
-        max_rollout_steps=a.steps, max_grad_norm=0.0 if a.sgd else 1.0,
-    )  # fmt: skip
+        max_rollout_steps=a.steps, optim=Optim(lr=1e-3, max_grad_norm=0.0 if a.sgd else 1.0))  # fmt: skip
     if a.sgd:
 
         def sgd() -> dict:

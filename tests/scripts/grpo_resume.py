@@ -20,6 +20,7 @@ from lit_caprl.callbacks import CurriculumCallback, RolloutCallback
 from lit_caprl.data import ShapesPromptData
 from lit_caprl.rewards import CapRLQAReward, CompositeReward, RewardOutput
 from lit_caprl.stages import GRPOStage
+from lit_caprl.stages.optim import Optim
 
 
 class Jitter(torch.nn.Module):
@@ -64,8 +65,8 @@ def main() -> None:
     a = p.parse_args()
     L.seed_everything(0)
     reward = CompositeReward({"qa": CapRLQAReward(a.reader, num_draws=2), "jitter": Jitter()})
-    module = GRPOStage(a.policy, reward, num_generations=4, max_new_tokens=8, lr=1e-3, beta=0.04, mu=2,
-                       micro_batch_size=4, max_rollout_steps=a.steps)  # fmt: skip
+    module = GRPOStage(a.policy, reward, num_generations=4, max_new_tokens=8, beta=0.04, mu=2,
+                       micro_batch_size=4, max_rollout_steps=a.steps, optim=Optim(lr=1e-3))  # fmt: skip
     checkpoints = ModelCheckpoint(dirpath=f"{a.root}/ckpt", save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=100, logger=False, enable_progress_bar=False,

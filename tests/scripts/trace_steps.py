@@ -24,6 +24,7 @@ from lit_caprl.data.shapes import write_dataset
 from lit_caprl.models.tiny import make_tiny
 from lit_caprl.rewards import CapRLQAReward
 from lit_caprl.stages import DPOStage, GRPOStage
+from lit_caprl.stages.optim import Optim
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
@@ -56,8 +57,9 @@ def record(root: Path) -> dict[str, list[dict]]:
     for loss_type in LOSS_TYPES:
         L.seed_everything(0)
         reward = CapRLQAReward(models["qwen2"], num_draws=2)
-        module = GRPOStage(models["qwen2_5_vl"], reward, num_generations=4, max_new_tokens=16, lr=1e-2, beta=0.04,
-                           mu=2, micro_batch_size=4, loss_type=loss_type, max_rollout_steps=3)  # fmt: skip
+        module = GRPOStage(models["qwen2_5_vl"], reward, num_generations=4, max_new_tokens=16, beta=0.04, mu=2,
+                           micro_batch_size=4, loss_type=loss_type, max_rollout_steps=3,
+                           optim=Optim(lr=1e-2))  # fmt: skip
         rec = Recorder()
         _trainer(root, [RolloutCallback(), RewardLoggingCallback(), rec], -1).fit(
             module, datamodule=ShapesPromptData(data, batch_size=2)
@@ -73,7 +75,7 @@ def record(root: Path) -> dict[str, list[dict]]:
     (root / "mine.yaml").write_text(json.dumps(cfg))
     assert cli(["mine-pairs", "--config", str(root / "mine.yaml")]) == 0
     L.seed_everything(0)
-    module = DPOStage(models["qwen2_5_vl"], beta=0.1, lr=1e-2)
+    module = DPOStage(models["qwen2_5_vl"], beta=0.1, optim=Optim(lr=1e-2))
     rec = Recorder()
     file = str(pairs / "pairs.jsonl")
     _trainer(root, [rec], 3).fit(module, datamodule=PairData(file, file, batch_size=2))
