@@ -19,6 +19,7 @@ from lit_caprl.callbacks import HFExport, RolloutCallback
 from lit_caprl.data import ShapesPromptData
 from lit_caprl.models.sharding import full_state_dict
 from lit_caprl.rewards import RewardOutput
+from lit_caprl.rollout import Rollout, group_advantages
 from lit_caprl.stages import GRPOStage
 from lit_caprl.stages.optim import Optim
 from lit_caprl.strategies import AtomicModelParallelStrategy
@@ -36,16 +37,20 @@ class ScriptedRollouts(RolloutCallback):
     """Caption j of scene n is 2 + 3j + 2n^2 words of its gold caption (repeated as needed):
     fixed lengths that differ within groups and between ranks' batches."""
 
-    def sample(self, module, images, prompts, records, round_=0):
-        g = module.hparams.num_generations
+    def rollout(self, module, batch):
+        records, g = list(batch["record"]), module.hparams.num_generations
         texts = []
         for r in records:
             n = int(r.id.split("-")[-1])
             texts += [" ".join((r.captions[0].split() * 10)[: 2 + 3 * j + 2 * n * n]) for j in range(g)]
-        batch = module.adapter.encode_prompts([module.adapter.chat(p, with_image=True) for p in prompts], images)
-        batch = module.adapter.select(batch.to(module.device), torch.arange(len(records)).repeat_interleave(g))
-        completions = module.adapter.encode_completions(texts).to(module.device)
-        return batch, completions, texts, module.reward(texts, [r for r in records for _ in range(g)])
+        adapter = module.adapter
+        prompts = adapter.encode_prompts([adapter.chat(p, with_image=True) for p in batch["prompt"]], batch["image"])
+        prompts = adapter.select(prompts.to(module.device), torch.arange(len(records)).repeat_interleave(g))
+        completions = adapter.encode_completions(texts).to(module.device)
+        scored = module.reward(texts, [r for r in records for _ in range(g)])
+        ro = Rollout(records, prompts, completions, texts, scored.rewards, dict(scored.terms))
+        ro.advantages = group_advantages(ro.group_rewards).flatten()
+        return ro
 
 
 class RecordedRollouts(RolloutCallback):
