@@ -19,7 +19,8 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from lit_caprl.models.adapter import Completions, PromptBatch, VLMAdapter
+from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.models.batches import Completions, PromptBatch
 from lit_caprl.models.sharding import full_state_dict
 
 

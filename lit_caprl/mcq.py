@@ -29,7 +29,10 @@ from torch import Tensor
 
 from lit_caprl.data import prompts
 from lit_caprl.data.schema import LETTERS
-from lit_caprl.models.adapter import PromptBatch, TextCache, VLMAdapter
+from lit_caprl.models import text_scorer
+from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.models.batches import PromptBatch
+from lit_caprl.models.text_scorer import TextCache
 
 AnswerFormat = Literal["letter", "cloze", "caprl"]
 FORMATS = get_args(AnswerFormat)
@@ -185,7 +188,7 @@ def _shared_prefixes(adapter: VLMAdapter, texts: list[str], group: int) -> tuple
     if min(len(p) for p in prefixes) == 0:
         raise ValueError("a prompt of a single token has no prefix to share; prompts end in the answer prefix")
     ids, mask = _left_padded(adapter, prefixes)
-    _, past = adapter.extend(ids, mask)
+    _, past = text_scorer.extend(adapter.model, ids, mask)
     index = torch.tensor(owner, device=ids.device)
     return past.select(index), ids[index], tails
 
@@ -196,12 +199,13 @@ def _shared_prefix_scores(adapter, texts, padded, width, letter_ids, group) -> T
     side by side."""
     device = adapter.model.device
     past, _, tails = _shared_prefixes(adapter, texts, group)
-    answer, past = adapter.extend(*_left_padded(adapter, tails), past)
+    answer, past = text_scorer.extend(adapter.model, *_left_padded(adapter, tails), past)
     if letter_ids is not None:
         return answer[:, letter_ids]
     comps = adapter.encode_completions(padded).to(device)
     ids, mask = comps.ids.view(len(texts), width, -1), comps.mask.view(len(texts), width, -1)
-    return adapter.branch_logprobs(ids, mask, past, answer).sum(-1)  # every option of a prompt, side by side
+    # every option of a prompt, side by side
+    return text_scorer.branch_logprobs(adapter.model, ids, mask, past, answer).sum(-1)
 
 
 @torch.no_grad()

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from lit_caprl.data.schema import Record
 from lit_caprl.engines import HFEngine, Request, RolloutEngine
-from lit_caprl.models.adapter import Completions, PromptBatch, VLMAdapter
+from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.models.batches import Completions, PromptBatch
 from lit_caprl.models.sharding import all_ranks
 
 ScaleRewards = Literal["group", "batch", "none"]

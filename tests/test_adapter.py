@@ -144,7 +144,7 @@ def test_attention_is_eager_only_for_narrow_text_only_models(tiny_models):
 def test_patch_embedding_as_matmul_matches_the_conv_and_keeps_checkpoints(tiny_models, tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    from lit_caprl.models.adapter import ConvAsLinear
+    from lit_caprl.models.loading import ConvAsLinear
 
     adapter = load_model(tiny_models["qwen2_5_vl"])
     embed = adapter.base.model.visual.patch_embed

@@ -10,15 +10,11 @@ reward all reduce to "log-probs of these completion tokens after these prompts",
   `rope_deltas` during `generate`, which must be reset before a training forward.
 - LLaVA and text-only decoders: positions come from the attention mask, so left padding
   does not shift them.
-- Patch embeddings that are a Conv3d with stride = kernel (Qwen2-VL family) run as the matmul
-  they are (`ConvAsLinear`): same weights and outputs, and PyTorch's CPU conv3d backward is ~6x
-  slower than the matmul's (23 against 3.7 ms per tiny captioner step).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +22,9 @@ from PIL import Image
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from lit_caprl.models.batches import Completions, PromptBatch
 from lit_caprl.models.sharding import distributed, is_sharded, root_unsharded
+from lit_caprl.models.text_scorer import TextCache
 
 # Parameter-name fragments of vision towers and their projectors into the LM (Qwen2.5-VL:
 # `visual`; LLaVA: `vision_tower`, `multi_modal_projector`).
@@ -38,81 +36,6 @@ def is_vision_parameter(name: str) -> bool:
     return re.fullmatch(VISION_MODULES, name) is not None
 
 
-class _Tensors:
-    def to(self, device: torch.device | str):
-        """A copy with every tensor field on `device`."""
-        return replace(self, **{f.name: v.to(device) for f in fields(self) if (v := getattr(self, f.name)) is not None})
-
-
-@dataclass
-class PromptBatch(_Tensors):
-    """Left-padded prompts plus whatever image tensors the family needs."""
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    pixel_values: Tensor | None = None
-    image_grid_thw: Tensor | None = None
-    mm_token_type_ids: Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-
-@dataclass
-class Completions(_Tensors):
-    """Right-padded completion tokens; `mask` covers each completion up to and including its EOS."""
-
-    ids: Tensor
-    mask: Tensor
-    truncated: Tensor  # bool per row: no EOS within the token budget
-
-    @property
-    def lengths(self) -> Tensor:
-        return self.mask.sum(-1)
-
-    def select(self, rows: Tensor, trim: bool = False) -> Completions:
-        """Rows `rows`; `trim` drops the columns past their longest completion (no compute on
-        all-padding columns)."""
-        width = max(int(self.mask[rows].sum(-1).max()), 1) if trim else self.ids.shape[1]
-        return Completions(self.ids[rows, :width], self.mask[rows, :width], self.truncated[rows])
-
-
-@dataclass
-class TextCache:
-    """Keys/values of text rows already run through the model (`VLMAdapter.extend`), their
-    attention mask, and the position each row continues from."""
-
-    kv: object
-    mask: Tensor
-    next_position: Tensor
-
-    def select(self, index: Tensor) -> TextCache:
-        """Rows `index`, repeats allowed (the keys/values are selected in place)."""
-        self.kv.batch_select_indices(index)
-        return TextCache(self.kv, self.mask[index], self.next_position[index])
-
-
-class ConvAsLinear(torch.nn.Module):
-    """A Conv3d whose stride equals its kernel, computed as one matmul over flattened patches.
-    It keeps the conv's `weight` (same name and shape), so checkpoints do not change."""
-
-    def __init__(self, conv: torch.nn.Conv3d) -> None:
-        super().__init__()
-        self.weight = conv.weight
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x.flatten(1), self.weight.flatten(1))
-
-
-def patches_as_matmul(model: torch.nn.Module) -> None:
-    """Swap every non-overlapping Conv3d patch embedding (`patch_embed.proj`) for `ConvAsLinear`."""
-    for name, module in model.named_modules():
-        conv = getattr(module, "proj", None)
-        if name.endswith("patch_embed") and isinstance(conv, torch.nn.Conv3d) and conv.bias is None:
-            if tuple(conv.kernel_size) == tuple(conv.stride) and conv.padding == (0, 0, 0) and conv.groups == 1:
-                module.proj = ConvAsLinear(conv)
-
-
 class VLMAdapter:
     """Wraps a Hugging Face model and its processor (or tokenizer, for text-only readers)."""
 
@@ -120,7 +43,6 @@ class VLMAdapter:
         self.model = model  # possibly wrapped by peft or FSDP2; `base` is the HF model itself
         self.base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.processor = processor
-        patches_as_matmul(self.base)
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
         self.mrope = model.config.model_type in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -281,57 +203,6 @@ class VLMAdapter:
         ).logits  # fmt: skip
         first = out.logits[:, -1:].repeat_interleave(group, dim=0)
         return torch.cat([first, rest[:, :-1]], dim=1).float()
-
-    def extend(self, ids: Tensor, mask: Tensor, past: TextCache | None = None) -> tuple[Tensor, TextCache]:
-        """Text only: run token rows `ids` (padding anywhere, where `mask` is 0) after `past`'s
-        rows; returns the next-token logits after each row, [N, V], and the extended cache.
-        Scoring many continuations of one prefix this way encodes the prefix once (see
-        `mcq.option_logits`); positions continue each row's own count, as in one long pass."""
-        if self.mrope:
-            raise ValueError("extend() is for text-only decoders; Qwen-VL positions depend on the images")
-        start = torch.zeros(len(ids), dtype=torch.long, device=ids.device) if past is None else past.next_position
-        full = mask if past is None else torch.cat([past.mask, mask], dim=1)
-        offset = 0 if past is None else past.mask.shape[1]
-        out = self.model(
-            input_ids=ids, attention_mask=full, position_ids=start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0),
-            cache=None if past is None else past.kv, use_cache=True, logits_to_keep=1,
-            cache_position=torch.arange(offset, offset + ids.shape[1], device=ids.device),
-        )  # fmt: skip
-        return out.logits[:, -1].float(), TextCache(out.cache, full, start + mask.sum(-1))
-
-    def branch_logprobs(self, ids: Tensor, mask: Tensor, past: TextCache, last: Tensor) -> Tensor:
-        """Text only: log-probs of several continuations of each of `past`'s rows, in one pass
-        that never repeats the rows' keys/values. `ids`/`mask` are [N, B, T]: B right-padded
-        branches per row; `last` [N, V] are the next-token logits after each row (from
-        `extend`). Each branch sees its row's past and its own earlier tokens, never another
-        branch, and starts at the row's next position, as if it ran alone. The branches' tokens
-        are packed end to end, so padding costs nothing. Returns log p of every branch token,
-        [N, B, T] (0 at padding). `past`'s cache is consumed."""
-        if self.mrope:
-            raise ValueError("branch_logprobs() is for text-only decoders; Qwen-VL positions depend on the images")
-        n, branches, length = ids.shape
-        device = ids.device
-        valid = mask.reshape(n, -1).bool()
-        width = int(valid.sum(-1).max())
-        pack = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)[:, :width]  # real tokens first, in order
-        tokens, real = ids.reshape(n, -1).gather(1, pack), valid.gather(1, pack)
-        branch = torch.arange(branches, device=device).repeat_interleave(length)[pack]
-        step = torch.arange(length, device=device).repeat(branches)[pack]
-        new = (branch[:, :, None] == branch[:, None, :]) & (step[:, None, :] <= step[:, :, None]) & real[:, None, :]
-        old = past.mask.bool()[:, None, :].expand(n, width, -1)
-        allowed = torch.cat([old, new], dim=-1)[:, None]  # [N, 1, width, past + width]
-        additive = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
-        offset, positions = past.mask.shape[1], past.next_position[:, None] + step
-        logits = self.model(
-            input_ids=tokens, attention_mask=additive.to(self.model.dtype), position_ids=positions,
-            cache=past.kv, use_cache=True, logits_to_keep=width,
-            cache_position=torch.arange(offset, offset + width, device=device),
-        ).logits.float()  # fmt: skip
-        # A branch's first token follows the row itself; every later one, the token packed before it.
-        before = torch.cat([last[:, None], logits[:, :-1]], dim=1)
-        before = torch.where((step == 0)[..., None], last[:, None], before)
-        logp = before.log_softmax(-1).gather(2, tokens[..., None]).squeeze(-1) * real
-        return torch.zeros(n, branches * length, device=device).scatter_(1, pack, logp).view(n, branches, length)
 
     def next_token_logits(self, batch: PromptBatch) -> Tensor:
         """Logits of the token after each prompt, shape [B, V] (the reader's answer position)."""

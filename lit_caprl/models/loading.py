@@ -1,4 +1,8 @@
-"""Loading policies and readers: one `from_pretrained` route for tiny local models and the Hub."""
+"""Loading policies and readers: one `from_pretrained` route for tiny local models and the Hub.
+
+Patch embeddings that are a Conv3d with stride = kernel (Qwen2-VL family) load as the matmul
+they are (`ConvAsLinear`): same weights and outputs, and PyTorch's CPU conv3d backward is ~6x
+slower than the matmul's (23 against 3.7 ms per tiny captioner step)."""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from peft import PeftModel
+from torch import Tensor
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -24,6 +30,27 @@ from lit_caprl.errors import MissingPath
 from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.models.lora import LoRA, add_adapters
 from lit_caprl.models.paths import resolve
+
+
+class ConvAsLinear(torch.nn.Module):
+    """A Conv3d whose stride equals its kernel, computed as one matmul over flattened patches.
+    It keeps the conv's `weight` (same name and shape), so checkpoints do not change."""
+
+    def __init__(self, conv: torch.nn.Conv3d) -> None:
+        super().__init__()
+        self.weight = conv.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.flatten(1), self.weight.flatten(1))
+
+
+def patches_as_matmul(model: torch.nn.Module) -> None:
+    """Swap every non-overlapping Conv3d patch embedding (`patch_embed.proj`) for `ConvAsLinear`."""
+    for name, module in model.named_modules():
+        conv = getattr(module, "proj", None)
+        if name.endswith("patch_embed") and isinstance(conv, torch.nn.Conv3d) and conv.bias is None:
+            if tuple(conv.kernel_size) == tuple(conv.stride) and conv.padding == (0, 0, 0) and conv.groups == 1:
+                module.proj = ConvAsLinear(conv)
 
 
 def load_model(
@@ -55,6 +82,7 @@ def load_model(
         processor = load_tokenizer(source, trust_remote_code)
     if quantize is not None:
         _keep_4bit_trainable(model)
+    patches_as_matmul(model)
     return VLMAdapter(model, processor)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from lit_caprl.models.adapter import Completions, PromptBatch
+from lit_caprl.models.batches import Completions, PromptBatch
 from lit_caprl.models.lora import LoRA
 from lit_caprl.stages.optim import GuardedOptimization, Optim
 from lit_caprl.stages.policy import PolicyStage
