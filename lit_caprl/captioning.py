@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from lit_caprl.data import prompts
-from lit_caprl.data.datamodules import ListDataset, collate
+from lit_caprl.data.datasets import ListDataset, collate
 from lit_caprl.data.sources import source_records, written_ids
 from lit_caprl.evaluate import caption_images, check_num_captions
 from lit_caprl.models.loading import load_export

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from lit_caprl import mcq
-from lit_caprl.data import prompts, shapes
-from lit_caprl.data.datamodules import reader_examples
+from lit_caprl.data import prompts, shapes, shapes_qa
 from lit_caprl.data.schema import Record
 from lit_caprl.models.adapter import VLMAdapter
 from lit_caprl.rewards.caprl_qa import CapRLQAReward
@@ -86,7 +85,7 @@ def caption_fidelity(captions: list[str], records: list[Record]) -> dict[str, fl
     micro-averaged over all claims/objects, and mean caption length in words."""
     hits = claims = truth = 0
     for cap, rec in zip(captions, records, strict=True):
-        h, c, t = shapes.match_counts(shapes.parse_caption(cap), scene_objects(rec))
+        h, c, t = shapes_qa.match_counts(shapes_qa.parse_caption(cap), scene_objects(rec))
         hits, claims, truth = hits + h, claims + c, truth + t
     return {
         "precision": hits / claims if claims else 0.0,
@@ -101,7 +100,7 @@ def reader_accuracy(
     """Accuracy on (caption, question) pairs labelled by what the caption answers (gold, partial
     and empty captions), and the share of "cannot answer" questions it gets right."""
     reader.model.eval()
-    examples = reader_examples(records, seed, answer_format)
+    examples = shapes_qa.reader_examples(records, seed, answer_format)
     texts = [reader.chat(e["prompt"], with_image=False, prefill=e["prefill"]) for e in examples]
     picks = mcq.option_logits(reader, texts, [e["options"] for e in examples], answer_format).argmax(-1).tolist()
     correct = [p == e["correct"] for p, e in zip(picks, examples, strict=True)]

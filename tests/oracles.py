@@ -3,7 +3,7 @@
 
 import torch
 
-from lit_caprl.data import shapes
+from lit_caprl.data import shapes_qa
 
 
 def ideal_option_logits(adapter, texts, options, answer_format, *args, **kwargs):
@@ -13,7 +13,7 @@ def ideal_option_logits(adapter, texts, options, answer_format, *args, **kwargs)
     for text, shown in zip(texts, options, strict=True):
         caption = text.split(" caption : ")[1].split(" question : ")[0]
         question = text.split(" question : ")[1].split(" options : ")[0]
-        value = shapes.answer_from_objects(question, shown[:-1], shapes.parse_caption(caption))
+        value = shapes_qa.answer_from_objects(question, shown[:-1], shapes_qa.parse_caption(caption))
         rows.append([10.0 if (o == value if value is not None else i == len(shown) - 1) else 0.0
                      for i, o in enumerate(shown)])  # fmt: skip
     return torch.tensor(rows)

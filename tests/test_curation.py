@@ -7,7 +7,7 @@ import torch
 
 from lit_caprl.cli import main
 from lit_caprl.curation import _rotations, keep_question
-from lit_caprl.data import shapes
+from lit_caprl.data import shapes, shapes_qa
 from lit_caprl.data.schema import MCQ, load_records
 
 
@@ -55,7 +55,7 @@ def test_curation_keeps_what_needs_the_image_with_judges_that_know(tiny_models, 
         for i, (text, shown) in enumerate(zip(texts, options, strict=True)):
             question = text.split(" question : ")[1].split(" options : ")[0]
             if images is not None:
-                value = shapes.answer_from_objects(question, list(shown), scenes[images[i].tobytes()])
+                value = shapes_qa.answer_from_objects(question, list(shown), scenes[images[i].tobytes()])
             else:
                 leak = re.fullmatch(r"what color is the (\S+) \S+ \?", question)
                 value = leak.group(1) if leak else shown[-1]  # the last option is "cannot answer"

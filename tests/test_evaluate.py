@@ -130,7 +130,7 @@ def test_utility_and_reader_accuracy_of_an_ideal_reader(tiny_models, shapes_root
     and an ideal reader scores 1 on the labelled (caption, question) pairs, "cannot answer" included;
     one that always says "cannot answer" scores exactly the share of such pairs."""
     from lit_caprl import mcq
-    from lit_caprl.data.datamodules import reader_examples
+    from lit_caprl.data.shapes_qa import reader_examples
     from lit_caprl.models.loading import load_model
 
     records = load_records(Path(shapes_root) / "val.jsonl")[0]

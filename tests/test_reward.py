@@ -7,7 +7,7 @@ import torch
 from oracles import ideal_option_logits
 
 from lit_caprl import evaluate, mcq
-from lit_caprl.data import prompts, shapes
+from lit_caprl.data import prompts, shapes, shapes_qa
 from lit_caprl.data.schema import LETTERS, load_records
 from lit_caprl.models.loading import load_model
 from lit_caprl.rewards import CapRLQAReward
@@ -272,9 +272,9 @@ def test_an_ideal_reader_earns_one_from_gold_captions_and_nothing_from_empty_one
     firsts = [shapes.caption(evaluate.scene_objects(r)[:1]) for r in records]
     want = []
     for r, cap in zip(records, firsts, strict=True):
-        named = shapes.parse_caption(cap)
+        named = shapes_qa.parse_caption(cap)
         asked = [q for q, _ in reward.draws(r, 3)]
-        want.append(sum(shapes.answer_from_objects(q.question, list(q.options), named) == q.answer_text
+        want.append(sum(shapes_qa.answer_from_objects(q.question, list(q.options), named) == q.answer_text
                         for q in asked) / len(asked))  # fmt: skip
     assert 0 < sum(want) < len(want)  # some questions need the other objects
     assert reward(firsts, records, step=3).rewards.tolist() == pytest.approx(want, abs=tol)

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from lit_caprl.data import ShapesReaderData, prompts, shapes
-from lit_caprl.data.datamodules import reader_examples
+from lit_caprl.data import ShapesReaderData, prompts, shapes, shapes_qa
 from lit_caprl.data.prompts import CANNOT_ANSWER
 from lit_caprl.data.schema import LETTERS, load_records
+from lit_caprl.data.shapes_qa import reader_examples
 from lit_caprl.errors import ConfigError
 from lit_caprl.models.tiny import build_tokenizer
 
@@ -32,13 +32,13 @@ def test_parser_recovers_every_gold_scene():
     rng = random.Random(0)
     for _ in range(200):
         objs = shapes.sample_scene(rng, 1, 5)
-        assert sorted(map(repr, shapes.parse_caption(shapes.caption(objs)))) == sorted(map(repr, objs))
+        assert sorted(map(repr, shapes_qa.parse_caption(shapes.caption(objs)))) == sorted(map(repr, objs))
 
 
 def test_match_counts_precision_and_recall():
     truth = [shapes.ShapeObject("top", "big", "red", "circle"), shapes.ShapeObject("left", "small", "blue", "cross")]
-    claimed = shapes.parse_caption("top big red circle . center big red circle . top big red circle .")
-    assert shapes.match_counts(claimed, truth) == (1, 3, 2)  # a repeated claim counts once
+    claimed = shapes_qa.parse_caption("top big red circle . center big red circle . top big red circle .")
+    assert shapes_qa.match_counts(claimed, truth) == (1, 3, 2)  # a repeated claim counts once
 
 
 def test_gold_caption_answers_every_question_and_partial_caption_cannot():
@@ -46,12 +46,13 @@ def test_gold_caption_answers_every_question_and_partial_caption_cannot():
     for _ in range(100):
         objs = shapes.sample_scene(rng, 2, 4)
         for q in shapes.make_questions(rng, objs):
-            assert shapes.answer_from_objects(q.question, list(q.options), objs) == q.options[LETTERS.index(q.answer)]
+            right = q.options[LETTERS.index(q.answer)]
+            assert shapes_qa.answer_from_objects(q.question, list(q.options), objs) == right
     a = shapes.ShapeObject("top", "big", "red", "circle")
     b = shapes.ShapeObject("center", "small", "blue", "square")
     q = "what color is the object at center ?"
-    assert shapes.answer_from_objects(q, ["red", "blue", "green", "yellow"], [a]) is None
-    assert shapes.answer_from_objects(q, ["red", "blue", "green", "yellow"], [a, b]) == "blue"
+    assert shapes_qa.answer_from_objects(q, ["red", "blue", "green", "yellow"], [a]) is None
+    assert shapes_qa.answer_from_objects(q, ["red", "blue", "green", "yellow"], [a, b]) == "blue"
 
 
 def test_short_captions_name_the_most_salient_objects_and_mostly_one():
@@ -60,7 +61,7 @@ def test_short_captions_name_the_most_salient_objects_and_mostly_one():
     for _ in range(2000):
         objs = shapes.sample_scene(rng, 4, 4)
         (cap,) = shapes.short_captions(rng, objs, 1)
-        named = shapes.parse_caption(cap)
+        named = shapes_qa.parse_caption(cap)
         salient = sorted(objs, key=lambda o: (o.size == "small", shapes.POSITIONS.index(o.position)))
         assert set(named) == set(salient[: len(named)])  # the big ones first, then reading order
         assert cap == shapes.caption(named)  # written in reading order, like a gold caption
@@ -115,7 +116,7 @@ def test_leaky_questions_are_answerable_from_their_own_text(tmp_path):
     leaky = [q for r in records for q in r.questions if q.type == "leaky"]
     assert 10 <= len(leaky) <= 30
     for q in leaky:
-        assert shapes.answer_from_objects(q.question, list(q.options), []) == q.answer_text  # no caption needed
+        assert shapes_qa.answer_from_objects(q.question, list(q.options), []) == q.answer_text  # no caption needed
     plain = shapes.write_dataset(tmp_path / "plain", n_train=40, n_val=0, seed=0)
     assert all(q.type != "leaky" for r in load_records(plain / "train.jsonl")[0] for q in r.questions)
 

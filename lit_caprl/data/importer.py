@@ -18,18 +18,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lit_caprl.data.formats import (
-    FORMATS,
-    BadRow,
-    Converted,
-    Format,
-    convert,
-    count_rows,
-    image_hash,
-    input_files,
-    read_rows,
-)
+from lit_caprl.data.formats import FORMATS, Converted, Format, convert, image_hash
 from lit_caprl.data.images import image_format
+from lit_caprl.data.rows import BadRow, count_rows, input_files, read_rows
 from lit_caprl.data.schema import DataError, Problem
 from lit_caprl.io import atomic_dir
 

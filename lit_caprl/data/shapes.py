@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,23 +127,6 @@ def caption(objects: list[ShapeObject]) -> str:
     return " ".join(f"{o.phrase()} ." for o in sorted(objects, key=lambda o: POSITIONS.index(o.position)))
 
 
-_OBJECT_RE = re.compile(
-    rf"(?<![\w-])({'|'.join(sorted(POSITIONS, key=len, reverse=True))}) "
-    rf"({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b"
-)
-
-
-def parse_caption(text: str) -> list[ShapeObject]:
-    """The objects a caption claims (anything outside the grammar is ignored)."""
-    return [ShapeObject(*m.groups()) for m in _OBJECT_RE.finditer(text)]
-
-
-def match_counts(claimed: list[ShapeObject], truth: list[ShapeObject]) -> tuple[int, int, int]:
-    """(true claims, number of claims, number of true objects); claims are matched as a multiset."""
-    hits = sum((Counter(claimed) & Counter(truth)).values())
-    return hits, len(claimed), len(truth)
-
-
 def _letter(options: list[str], answer: str) -> str:
     return "ABCD"[options.index(answer)]
 
@@ -185,45 +167,6 @@ def make_questions(rng: random.Random, objects: list[ShapeObject], leaky: bool =
         opts = _choose(rng, d.color, list(COLORS))
         out.append(Question(f"what color is the {d.color} {d.shape} ?", tuple(opts), _letter(opts, d.color), "leaky"))
     return out
-
-
-_QUESTION_RES = {
-    "color": re.compile(r"what color is the object at (\S+) \?"),
-    "shape": re.compile(r"what shape is the object at (\S+) \?"),
-    "position": re.compile(r"where is the (\S+) (\S+) \?"),
-    "count": re.compile(r"how many objects are there \?"),
-    "existence": re.compile(r"which object is in the image \?"),
-    "leaky": re.compile(r"what color is the (\S+) (\S+) \?"),
-}
-
-
-def answer_from_objects(question: str, options: list[str], objects: list[ShapeObject]) -> str | None:
-    """The option a perfect reader picks if `objects` were the whole scene, or None if no option fits.
-
-    Applied to the objects a caption claims, this is the label "answering from the caption
-    alone" gives, which is what the reader is trained to do.
-    """
-    by_pos = {o.position: o for o in objects}
-    for kind, pattern in _QUESTION_RES.items():
-        m = pattern.fullmatch(question)
-        if m is None:
-            continue
-        if kind in ("color", "shape"):
-            obj = by_pos.get(m[1])
-            value = None if obj is None else getattr(obj, kind)
-        elif kind == "position":
-            found = [o.position for o in objects if (o.color, o.shape) == (m[1], m[2])]
-            value = found[0] if len(found) == 1 else None
-        elif kind == "leaky":
-            value = m[1]  # stated by the question itself: answerable with no caption at all
-        elif kind == "count":
-            value = NUMBERS[len(objects) - 1] if 0 < len(objects) <= len(NUMBERS) else None
-        else:
-            named = {f"{o.color} {o.shape}" for o in objects}
-            hits = [opt for opt in options if opt in named]
-            value = hits[0] if len(hits) == 1 else None
-        return value if value in options else None
-    raise ValueError(f"not a ShapesWorld question: {question!r}")
 
 
 def partial_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> list[str]:
@@ -271,13 +214,12 @@ def make_scene_record(
 
 
 def vocabulary() -> list[str]:
-    """Every word ShapesWorld captions and questions use."""
+    """Every word ShapesWorld captions and questions use (all question kinds, leaky included)."""
     words = set(SHAPES) | set(COLORS) | set(SIZES) | set(POSITIONS) | set(NUMBERS)
-    for template in (
-        caption([ShapeObject("top", "big", "red", "circle")]),
-        *(p.pattern for p in _QUESTION_RES.values()),
-    ):
-        words |= {w for w in template.replace("\\", "").split() if re.fullmatch(r"[a-z.?,:-]+", w)}
+    scene = [ShapeObject("top", "big", "red", "circle"), ShapeObject("center", "small", "blue", "square")]
+    words |= set(caption(scene).split())
+    for q in make_questions(random.Random(0), scene, leaky=True):
+        words |= set(q.question.split())
     return sorted(words)
 
 
