@@ -27,8 +27,13 @@ def environment() -> dict:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = None
-    return {"versions": versions, "python": platform.python_version(), "machine": platform.machine(),
-            "cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def color_reward(texts: list[str]) -> list[float]:
@@ -76,12 +81,30 @@ def lit_grpo(model: str, prompts: int, g: int, length: int, beta: float, steps: 
             stamps.append(time.perf_counter())
 
     L.seed_everything(0)
-    module = GRPOStage(model, ColorWords(), num_generations=g, max_new_tokens=length, temperature=1.0,
-                       beta=beta, mu=1, loss_type="dapo", scale_rewards="group", micro_batch_size=g * prompts,
-                       max_rollout_steps=steps, optim=Optim(lr=1e-5))  # fmt: skip
+    module = GRPOStage(
+        model,
+        ColorWords(),
+        num_generations=g,
+        max_new_tokens=length,
+        temperature=1.0,
+        beta=beta,
+        mu=1,
+        loss_type="dapo",
+        scale_rewards="group",
+        micro_batch_size=g * prompts,
+        max_rollout_steps=steps,
+        optim=Optim(lr=1e-5),
+    )
     module.policy.generation_config.min_new_tokens = length
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1000, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[RolloutCallback(engine="hf"), Stamp()])  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1000,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RolloutCallback(engine="hf"), Stamp()],
+    )
     trainer.fit(module, datamodule=ImageData())
     return module

@@ -65,14 +65,35 @@ def run_trl(model: str, prompts: int, beta: float, steps: int) -> list[float]:
     data = Dataset.from_dict({"prompt": [turn] * 64, "image": images(64)})
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
-            output_dir=out, per_device_train_batch_size=G * prompts, num_generations=G, max_completion_length=LENGTH,
-            temperature=1.0, num_iterations=1, learning_rate=1e-5, beta=beta, loss_type="dapo",
-            scale_rewards="group", max_steps=steps, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
-            generation_kwargs={"min_new_tokens": LENGTH}, seed=0, disable_tqdm=True, max_grad_norm=1.0,
-        )  # fmt: skip
+            output_dir=out,
+            per_device_train_batch_size=G * prompts,
+            num_generations=G,
+            max_completion_length=LENGTH,
+            temperature=1.0,
+            num_iterations=1,
+            learning_rate=1e-5,
+            beta=beta,
+            loss_type="dapo",
+            scale_rewards="group",
+            max_steps=steps,
+            logging_steps=1,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            generation_kwargs={"min_new_tokens": LENGTH},
+            seed=0,
+            disable_tqdm=True,
+            max_grad_norm=1.0,
+        )
         processor = AutoProcessor.from_pretrained(model)
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                              processing_class=processor, callbacks=[Stamp()])  # fmt: skip
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=args,
+            train_dataset=data,
+            processing_class=processor,
+            callbacks=[Stamp()],
+        )
         trainer.train()
     return step_times(stamps)
 
@@ -86,8 +107,22 @@ def worker(a: argparse.Namespace) -> None:
 
 
 def measure(impl: str, model: str, prompts: int, beta: float, a: argparse.Namespace) -> dict:
-    argv = [sys.executable, __file__, "--worker", impl, "--model", model, "--prompts", str(prompts),
-            "--beta", str(beta), "--steps", str(a.steps), "--warmup", str(a.warmup)]  # fmt: skip
+    argv = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        "--model",
+        model,
+        "--prompts",
+        str(prompts),
+        "--beta",
+        str(beta),
+        "--steps",
+        str(a.steps),
+        "--warmup",
+        str(a.warmup),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{impl} worker failed:\n{done.stderr[-3000:]}")
@@ -124,16 +159,27 @@ def main() -> None:
             entry = {"prompts_per_step": prompts, "num_generations": G, "beta": beta, "completion_tokens": LENGTH}
             for impl, rs in runs.items():
                 step = statistics.median(r["step_s"] for r in rs)
-                entry |= {f"{impl}_step_s": step, f"{impl}_completions_per_s": G * prompts / step,
-                          f"{impl}_step_s_per_repeat": [r["step_s"] for r in rs],
-                          f"{impl}_peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}  # fmt: skip
+                entry |= {
+                    f"{impl}_step_s": step,
+                    f"{impl}_completions_per_s": G * prompts / step,
+                    f"{impl}_step_s_per_repeat": [r["step_s"] for r in rs],
+                    f"{impl}_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                }
             entry["ratio"] = entry["lit_caprl_completions_per_s"] / entry["trl_completions_per_s"]
             results.append(entry)
-            print(f"{prompts}x{G} beta={beta}: lit_caprl {entry['lit_caprl_completions_per_s']:6.1f} completions/s "
-                  f"({entry['lit_caprl_peak_rss_mb']:.0f} MB), TRL {entry['trl_completions_per_s']:6.1f} "
-                  f"({entry['trl_peak_rss_mb']:.0f} MB), ratio {entry['ratio']:.2f}x", flush=True)  # fmt: skip
-    meta = {"repeats": a.repeats, "steps": a.steps, "warmup_dropped": a.warmup, "threads": 2,
-            "model": a.model or "make_tiny qwen2_5_vl small (built here)"}  # fmt: skip
+            print(
+                f"{prompts}x{G} beta={beta}: lit_caprl {entry['lit_caprl_completions_per_s']:6.1f} completions/s "
+                f"({entry['lit_caprl_peak_rss_mb']:.0f} MB), TRL {entry['trl_completions_per_s']:6.1f} "
+                f"({entry['trl_peak_rss_mb']:.0f} MB), ratio {entry['ratio']:.2f}x",
+                flush=True,
+            )
+    meta = {
+        "repeats": a.repeats,
+        "steps": a.steps,
+        "warmup_dropped": a.warmup,
+        "threads": 2,
+        "model": a.model or "make_tiny qwen2_5_vl small (built here)",
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     payload = {"settings": meta, "environment": environment(), "results": results}
     Path(a.out).write_text(json.dumps(payload, indent=2) + "\n")

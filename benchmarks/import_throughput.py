@@ -47,14 +47,26 @@ def write_parquet(path: Path, rows: int) -> float:
     import pyarrow.parquet as pq
 
     pool = _image_pool()
-    truth = [{"question": "Which city is mentioned in the company's address?",
-              "choices": ["A) 北京市", "B) 上海市", "C) 惠州市", "D) 广州市"], "answer": "C"}]  # fmt: skip
+    truth = [
+        {
+            "question": "Which city is mentioned in the company's address?",
+            "choices": ["A) 北京市", "B) 上海市", "C) 惠州市", "D) 广州市"],
+            "answer": "C",
+        }
+    ]
     prompt = [{"role": "user", "content": "<image> Please describe this image in detail."}]
     writer = None
     for start in range(0, rows, 500):
-        batch = [{"id": f"row-{i}", "image": {"bytes": pool[i % len(pool)], "path": None}, "prompt": prompt,
-                  "data_source": "image_caption_rl", "reward_model": {"ground_truth": truth}}
-                 for i in range(start, min(rows, start + 500))]  # fmt: skip
+        batch = [
+            {
+                "id": f"row-{i}",
+                "image": {"bytes": pool[i % len(pool)], "path": None},
+                "prompt": prompt,
+                "data_source": "image_caption_rl",
+                "reward_model": {"ground_truth": truth},
+            }
+            for i in range(start, min(rows, start + 500))
+        ]
         table = pa.Table.from_pylist(batch)
         # No dictionary and no compression: the pool's repeats would otherwise be stored once,
         # where the real data set's images are all distinct (and already compressed).
@@ -90,19 +102,27 @@ def main() -> None:
         for n in sizes:
             parquet = Path(tmp) / f"caprl-qa-{n}.parquet"
             image_kb = write_parquet(parquet, n)
-            done = subprocess.run([sys.executable, __file__, "--worker", str(parquet), str(Path(tmp) / f"out-{n}")],
-                                  check=True, capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, __file__, "--worker", str(parquet), str(Path(tmp) / f"out-{n}")],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             row = json.loads(done.stdout.strip().splitlines()[-1])
-            row |= {"rows_per_s": row["rows"] / row["seconds"], "image_kb": image_kb,
-                    "parquet_mb": parquet.stat().st_size / 2**20}  # fmt: skip
+            row |= {
+                "rows_per_s": row["rows"] / row["seconds"],
+                "image_kb": image_kb,
+                "parquet_mb": parquet.stat().st_size / 2**20,
+            }
             results.append(row)
             print(json.dumps(row))
     payload = {
-        "benchmark": "lit-caprl data import --format caprl-qa", "columns": COLUMNS,
+        "benchmark": "lit-caprl data import --format caprl-qa",
+        "columns": COLUMNS,
         "environment": environment(),
         "results": results,
         "rss_ratio_largest_to_smallest": results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"],
-    }  # fmt: skip
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -85,14 +85,30 @@ def length_sweep(words: list[int], n: int, draws: int, repeats: int, out: Path) 
             body = prompts.reader_question(captions[0], q.question, [q.options[j] for j in order], "letter")
             tokens = len(tokenizer(logprob.adapter.chat(body, False, prompts.ANSWER_PREFIX))["input_ids"])
             lp, one_qps, ten_qps = (measure(r, captions, records, repeats)[0] for r in (logprob, one, ten))
-            rows.append(dict(caption_words=w, prompt_tokens=tokens, logprob_qps=lp, sample_1_token_qps=one_qps,
-                             sample_10_tokens_qps=ten_qps, ratio_vs_1_token=lp / one_qps,
-                             ratio_vs_10_tokens=lp / ten_qps))  # fmt: skip
-            print(f"{w:5d} words ({tokens:4d}-token prompts): logprob {lp:7.1f} q/s, sample {one_qps:7.1f} (1 token) "
-                  f"{ten_qps:7.1f} (10 tokens): {lp / one_qps:.2f}x .. {lp / ten_qps:.2f}x")  # fmt: skip
-    result = dict(reader="random-init qwen2 'small' (hidden 256, 4 layers), letter format", captions=n,
-                  draws_per_caption=draws, rotations=False, repeats=repeats, environment=environment(),
-                  lengths=rows)  # fmt: skip
+            rows.append(
+                dict(
+                    caption_words=w,
+                    prompt_tokens=tokens,
+                    logprob_qps=lp,
+                    sample_1_token_qps=one_qps,
+                    sample_10_tokens_qps=ten_qps,
+                    ratio_vs_1_token=lp / one_qps,
+                    ratio_vs_10_tokens=lp / ten_qps,
+                )
+            )
+            print(
+                f"{w:5d} words ({tokens:4d}-token prompts): logprob {lp:7.1f} q/s, sample {one_qps:7.1f} (1 token) "
+                f"{ten_qps:7.1f} (10 tokens): {lp / one_qps:.2f}x .. {lp / ten_qps:.2f}x"
+            )
+    result = dict(
+        reader="random-init qwen2 'small' (hidden 256, 4 layers), letter format",
+        captions=n,
+        draws_per_caption=draws,
+        rotations=False,
+        repeats=repeats,
+        environment=environment(),
+        lengths=rows,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -121,8 +137,9 @@ def main() -> None:
     torch.set_num_threads(2)
     results = Path(__file__).parent / "results"
     if a.caption_words:
-        return length_sweep(a.caption_words, a.captions, a.draws, a.repeats,
-                            Path(a.out or results / "reader_reward_length.json"))  # fmt: skip
+        return length_sweep(
+            a.caption_words, a.captions, a.draws, a.repeats, Path(a.out or results / "reader_reward_length.json")
+        )
     with tempfile.TemporaryDirectory() as tmp:
         reader = a.reader or str(make_tiny("qwen2", "tiny", Path(tmp) / "reader"))
         data = a.data or str(shapes.write_dataset(Path(tmp) / "shapes", a.captions, 1, seed=0) / "train.jsonl")

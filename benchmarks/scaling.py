@@ -127,8 +127,11 @@ def main() -> None:
             row = measure(model, g, length, a.steps, a.warmup)
             rows.append(row)
             parts = "  ".join(f"{ph} {row[f'{ph}_s']:.3f}" for ph in PHASES)
-            print(f"G={g:2d} len={length:3d}: step {row['step_s']:.3f} s  ({parts})  vision {row['vision_s']:.3f} s "
-                  f"= {100 * row['vision_share']:.1f}%", flush=True)  # fmt: skip
+            print(
+                f"G={g:2d} len={length:3d}: step {row['step_s']:.3f} s  ({parts})  vision {row['vision_s']:.3f} s "
+                f"= {100 * row['vision_share']:.1f}%",
+                flush=True,
+            )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"prompts_per_step": 4, "beta": 0.04, "steps": a.steps, "environment": environment(), "rows": rows}

@@ -55,10 +55,13 @@ class Captioner(L.LightningModule):
         """Each batch draws from its own seed stream (its first id), whatever ran before it."""
         torch.manual_seed(stream_seed(self.seed, batch["id"][0]))
         n = self.num_captions
-        captions = caption_images(self.adapter, batch["image"], self.prompt, self.max_new_tokens, self.temperature,
-                                  self.top_p, n)  # fmt: skip
-        return [{"id": rid, "image": path, "captions": captions[i * n : (i + 1) * n]}
-                for i, (rid, path) in enumerate(zip(batch["id"], batch["path"], strict=True))]  # fmt: skip
+        captions = caption_images(
+            self.adapter, batch["image"], self.prompt, self.max_new_tokens, self.temperature, self.top_p, n
+        )
+        return [
+            {"id": rid, "image": path, "captions": captions[i * n : (i + 1) * n]}
+            for i, (rid, path) in enumerate(zip(batch["id"], batch["path"], strict=True))
+        ]
 
 
 class CaptionWriter(BasePredictionWriter):
@@ -113,9 +116,15 @@ def caption(
     module = Captioner(model, **captioner)
     loader = DataLoader(
         ListDataset(todo, lambda r: {"id": r.id, "path": str(r.image), "image": r.load_image()}),
-        batch_size=batch_size, collate_fn=collate,
-    )  # fmt: skip
-    trainer = L.Trainer(accelerator=accelerator, devices=devices, logger=False, callbacks=[CaptionWriter(out)],
-                        enable_model_summary=False)  # fmt: skip
+        batch_size=batch_size,
+        collate_fn=collate,
+    )
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        logger=False,
+        callbacks=[CaptionWriter(out)],
+        enable_model_summary=False,
+    )
     trainer.predict(module, dataloaders=loader, return_predictions=False)
     return len(todo)

@@ -74,8 +74,12 @@ def _data(argv: list[str]) -> int:
     c.add_argument("files", nargs="+")
     i = sub.add_parser("import", help="convert CapRL / verl / captions / Prism-style data into our JSONL + images/")
     i.add_argument("--format", required=True, choices=FORMATS)
-    i.add_argument("--in", dest="source", required=True, help=".parquet/.json/.jsonl file, directory, glob, or a "
-                   "datasets save_to_disk directory")  # fmt: skip
+    i.add_argument(
+        "--in",
+        dest="source",
+        required=True,
+        help=".parquet/.json/.jsonl file, directory, glob, or a datasets save_to_disk directory",
+    )
     i.add_argument("--out", required=True, help="directory for train.jsonl (val.jsonl), images/, import.json")
     i.add_argument("--image-root", help="resolve relative image paths here (default: beside each input file)")
     i.add_argument("--val-fraction", type=float, default=0.0, help="share of records (by id hash) for val.jsonl")
@@ -133,8 +137,11 @@ def _curate(argv: list[str]) -> int:
 def _caption(argv: list[str]) -> int:
     from lit_caprl.data.formats import FORMATS
 
-    p = argparse.ArgumentParser(prog="lit-caprl caption", description="Caption images with a trained export "
-                                "(JSONL out: id, image, captions; a rerun skips the ids already written).")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="lit-caprl caption",
+        description="Caption images with a trained export "
+        "(JSONL out: id, image, captions; a rerun skips the ids already written).",
+    )
     p.add_argument("--model", required=True, help="captioner export (save_pretrained) or peft adapters directory")
     p.add_argument("--base", help="the base model of adapters (default: the one adapter_config.json names)")
     p.add_argument("--in", dest="source", required=True, help="a folder of images, a JSONL, or a --format source")
@@ -160,10 +167,24 @@ def _caption(argv: list[str]) -> int:
     from lit_caprl.captioning import caption
 
     devices = int(a.devices) if a.devices.isdigit() else a.devices
-    n = caption(a.source, a.model, a.out, a.format, a.image_root, a.batch_size, a.accelerator, devices,
-                base=a.base, prompt=a.prompt or DEFAULT_CAPTION_PROMPT, num_captions=a.num_captions,
-                max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
-                dtype=a.dtype)  # fmt: skip
+    n = caption(
+        a.source,
+        a.model,
+        a.out,
+        a.format,
+        a.image_root,
+        a.batch_size,
+        a.accelerator,
+        devices,
+        base=a.base,
+        prompt=a.prompt or DEFAULT_CAPTION_PROMPT,
+        num_captions=a.num_captions,
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        seed=a.seed,
+        dtype=a.dtype,
+    )
     print(f"captioned {n} images -> {a.out}", file=sys.stderr)
     return 0
 
@@ -205,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         if args[0] in TOOLS:
             return TOOLS[args[0]](args[1:])
         if not args[0].startswith("-") and args[0] not in ("fit", "validate"):
-            raise UserError(f"unknown command {args[0]!r}; the commands are fit, validate, {', '.join(TOOLS)} "
-                            "(lit-caprl --help)")  # fmt: skip
+            raise UserError(
+                f"unknown command {args[0]!r}; the commands are fit, validate, {', '.join(TOOLS)} (lit-caprl --help)"
+            )
         if args[0] in ("fit", "validate") and not {"-h", "--help"} & set(args):
             from lit_caprl.preflight import early_check
 

@@ -14,15 +14,29 @@ ANSWER_FORMAT_HELP = (
 
 def _benchmark_args(p: argparse.ArgumentParser) -> None:
     """The inputs `eval` and `report` share."""
-    p.add_argument("--benchmark", action="append", default=[], metavar="NAME=FILE",
-                   help="a benchmark with multiple-choice questions per image; repeat")  # fmt: skip
+    p.add_argument(
+        "--benchmark",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a benchmark with multiple-choice questions per image; repeat",
+    )
     p.add_argument("--data", help="shorthand for --benchmark heldout=FILE")
-    p.add_argument("--format", default="jsonl", choices=("jsonl", "caprl-qa", "verl", "prism"),
-                   help="how the benchmark files are written (prism: one {image, prompt, answer} row per question)")
+    p.add_argument(
+        "--format",
+        default="jsonl",
+        choices=("jsonl", "caprl-qa", "verl", "prism"),
+        help="how the benchmark files are written (prism: one {image, prompt, answer} row per question)",
+    )
     p.add_argument("--reader", required=True, help="the frozen text-only reader that answers from the captions")
     p.add_argument("--policy", action="append", default=[], metavar="NAME=EXPORT", help="a captioner row; repeat")
-    p.add_argument("--captions", action="append", default=[], metavar="NAME=FILE",
-                   help="a row from `lit-caprl caption` output (captions written beforehand, e.g. on GPUs); repeat")
+    p.add_argument(
+        "--captions",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a row from `lit-caprl caption` output (captions written beforehand, e.g. on GPUs); repeat",
+    )
     p.add_argument("--num-captions", type=int, default=1, help="captions per image: 1 greedy, N sampled (CapRL: 4)")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature when --num-captions > 1")
     p.add_argument("--prompt", help="the captioning prompt (default: the ShapesWorld one)")
@@ -43,33 +57,49 @@ def _tables(a: argparse.Namespace) -> dict:
     from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
 
     policies = dict(item.split("=", 1) for item in a.policy)
-    return report.evaluate_benchmarks(benchmarks, a.reader, policies, a.n, a.seeds, a.answer_format, a.format,
-                                      a.num_captions, a.temperature, a.prompt or DEFAULT_CAPTION_PROMPT,
-                                      a.max_new_tokens, dict(item.split("=", 1) for item in a.captions))  # fmt: skip
+    return report.evaluate_benchmarks(
+        benchmarks,
+        a.reader,
+        policies,
+        a.n,
+        a.seeds,
+        a.answer_format,
+        a.format,
+        a.num_captions,
+        a.temperature,
+        a.prompt or DEFAULT_CAPTION_PROMPT,
+        a.max_new_tokens,
+        dict(item.split("=", 1) for item in a.captions),
+    )
 
 
 def eval_command(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="lit-caprl eval", description="Prism-style caption utility: captioners caption "
-                                "each benchmark's images, a text-only reader answers its questions from the captions.")
+    p = argparse.ArgumentParser(
+        prog="lit-caprl eval",
+        description="Prism-style caption utility: captioners caption "
+        "each benchmark's images, a text-only reader answers its questions from the captions.",
+    )
     _benchmark_args(p)
     a = p.parse_args(argv)
     tables = _tables(a)
-    from lit_caprl import report
+    from lit_caprl import report_files
     from lit_caprl.io import atomic_dir
 
     with atomic_dir(a.out) as tmp:
-        print(report.write_report(tmp, tables))
+        print(report_files.write_report(tmp, tables))
     return 0
 
 
 def report_command(argv: list[str]) -> int:
     import json
 
-    from lit_caprl import report
+    from lit_caprl import report, report_files
     from lit_caprl.io import atomic_dir
 
-    p = argparse.ArgumentParser(prog="lit-caprl report", description="`eval`, plus a run's reward curve, stage "
-                                "wall times and the reader's own accuracy (ShapesWorld).")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="lit-caprl report",
+        description="`eval`, plus a run's reward curve, stage wall times and the reader's own accuracy (ShapesWorld).",
+    )
     _benchmark_args(p)
     p.add_argument("--n-reader", type=int, default=200, help="held-out records for the judge's own accuracy")
     p.add_argument("--curve", help="a GRPO log dir: its newest metrics.csv gives the reward curve")
@@ -84,7 +114,7 @@ def report_command(argv: list[str]) -> int:
     stages = json.loads(Path(a.stages).read_text()) if a.stages and Path(a.stages).exists() else {}
     reader = report.reader_quality(a.data, a.reader, a.n_reader, a.answer_format) if a.data else None
     with atomic_dir(a.out) as tmp:
-        print(report.write_report(tmp, tables, stages, curve, reader))
+        print(report_files.write_report(tmp, tables, stages, curve, reader))
     if a.wandb_project:
-        report.log_to_wandb(a.out, a.wandb_project)
+        report_files.log_to_wandb(a.out, a.wandb_project)
     return 0

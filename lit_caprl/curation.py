@@ -101,10 +101,17 @@ def curate(
     for t in by_type.values():  # sums -> mean accuracies, so a judge that fails shows which side
         t["visual"], t["blind"] = round(t["visual"] / t["n"], 4), round(t["blind"] / t["n"], 4)
     stats = {
-        "data": data, "vlm": vlm, "reader": reader, "tau_v": tau_v, "tau_b": tau_b,
-        "questions": sum(t["n"] for t in by_type.values()), "kept": sum(t["kept"] for t in by_type.values()),
-        "records": len(records), "records_dropped": dropped, "by_type": dict(by_type),
-    }  # fmt: skip
+        "data": data,
+        "vlm": vlm,
+        "reader": reader,
+        "tau_v": tau_v,
+        "tau_b": tau_b,
+        "questions": sum(t["n"] for t in by_type.values()),
+        "kept": sum(t["kept"] for t in by_type.values()),
+        "records": len(records),
+        "records_dropped": dropped,
+        "by_type": dict(by_type),
+    }
     with atomic_dir(out) as tmp:
         with open(tmp / "curated.jsonl", "w") as f:
             for r, keep, vis, bl in kept_records:

@@ -69,9 +69,12 @@ class VLLMEngine:
         from vllm import LLM
 
         self.llm = LLM(
-            model=model, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, enforce_eager=True,
+            model=model,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            enforce_eager=True,
             limit_mm_per_prompt={"image": 1},
-        )  # fmt: skip
+        )
 
     def sync(self, adapter: VLMAdapter) -> None:
         if hasattr(adapter.model, "peft_config"):

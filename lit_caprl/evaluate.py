@@ -25,8 +25,10 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 def check_num_captions(num_captions: int, temperature: float) -> None:
     if temperature == 0 and num_captions > 1:
-        raise ValueError(f"num_captions={num_captions} with greedy decoding (temperature 0) gives identical "
-                         "captions; set a temperature > 0")  # fmt: skip
+        raise ValueError(
+            f"num_captions={num_captions} with greedy decoding (temperature 0) gives identical "
+            "captions; set a temperature > 0"
+        )
 
 
 @torch.no_grad()
@@ -45,10 +47,16 @@ def caption_images(
     text = adapter.chat(prompt, with_image=True)
     batch = adapter.encode_prompts([text] * len(images), images).to(device)
     if num_captions > 1:
-        batch = adapter.select(batch, torch.arange(len(images), device=device).repeat_interleave(num_captions))
+        batch = batch.select(torch.arange(len(images), device=device).repeat_interleave(num_captions))
     sample = temperature > 0
-    comps = adapter.generate(batch, max_new_tokens, temperature=temperature if sample else 1.0, top_p=top_p,
-                             do_sample=sample, group=num_captions)  # fmt: skip
+    comps = adapter.generate(
+        batch,
+        max_new_tokens,
+        temperature=temperature if sample else 1.0,
+        top_p=top_p,
+        do_sample=sample,
+        group=num_captions,
+    )
     return adapter.decode(comps)
 
 
@@ -68,8 +76,9 @@ def generate_captions(
     adapter.model.eval()
     out = []
     for chunk in _chunks(records, batch_size):
-        out += caption_images(adapter, [r.load_image() for r in chunk], prompt, max_new_tokens, temperature,
-                              num_captions=num_captions)  # fmt: skip
+        out += caption_images(
+            adapter, [r.load_image() for r in chunk], prompt, max_new_tokens, temperature, num_captions=num_captions
+        )
     return out
 
 

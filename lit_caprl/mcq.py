@@ -169,7 +169,7 @@ def _whole_prompt_scores(adapter, texts, images, padded, width, letter_ids) -> T
         return adapter.next_token_logits(batch)[:, letter_ids]
     comps = adapter.encode_completions(padded).to(adapter.model.device)
     index = torch.arange(len(batch), device=batch.input_ids.device).repeat_interleave(width)
-    logp = adapter.completion_logprobs(adapter.select(batch, index), comps, group=width)
+    logp = adapter.completion_logprobs(batch.select(index), comps, group=width)
     return (logp * comps.mask).sum(-1).view(len(batch), width)
 
 

@@ -48,13 +48,21 @@ def mine_groups(
         if picked is None:
             continue
         best, worst = picked
-        out.append((record, {
-            "id": record.id + tag,
-            "chosen": captions[b * g + best],
-            "rejected": captions[b * g + worst],
-            "meta": {"rewards": {"chosen": group[best], "rejected": group[worst]},
-                     "margin": group[best] - group[worst], "policy": policy},
-        }))  # fmt: skip
+        out.append(
+            (
+                record,
+                {
+                    "id": record.id + tag,
+                    "chosen": captions[b * g + best],
+                    "rejected": captions[b * g + worst],
+                    "meta": {
+                        "rewards": {"chosen": group[best], "rejected": group[worst]},
+                        "margin": group[best] - group[worst],
+                        "policy": policy,
+                    },
+                },
+            )
+        )
     return out
 
 
@@ -115,11 +123,17 @@ def mine_pairs(
             margins += (rewards.max(1).values - rewards.min(1).values).tolist()
             kept += writer.append(mine_groups(chunk, ro.texts, rewards, min_margin, policy))
         q = torch.quantile(torch.tensor(margins), torch.tensor([0.5, 0.9, 1.0])).tolist()
-        summary = {"out": str(Path(out) / PAIRS_FILE), "images": len(records), "pairs": kept,
-                   "margin_p50_p90_max": [round(x, 4) for x in q]}  # fmt: skip
+        summary = {
+            "out": str(Path(out) / PAIRS_FILE),
+            "images": len(records),
+            "pairs": kept,
+            "margin_p50_p90_max": [round(x, 4) for x in q],
+        }
         print(json.dumps(summary))
         if kept == 0:
             spread = summary["margin_p50_p90_max"]
-            raise ValueError(f"no image's best-worst reward margin reached min_margin={min_margin}; "
-                             f"margins (p50, p90, max) were {spread}: lower min_margin")  # fmt: skip
+            raise ValueError(
+                f"no image's best-worst reward margin reached min_margin={min_margin}; "
+                f"margins (p50, p90, max) were {spread}: lower min_margin"
+            )
     return summary

@@ -97,8 +97,10 @@ def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
         feeding = [sorted(_inputs(stage, stages[:-1]) & {s.name for s in lane}) for lane in _lanes(stages)[-1]]
         feeding = [names for names in feeding if names]
         if len(feeding) > 1:
-            raise ConfigError(f"{where} ({stage.name}): reads {feeding[0] + feeding[1]}, which run side by side; "
-                              f"a stage can follow one lane of its group, not two")  # fmt: skip
+            raise ConfigError(
+                f"{where} ({stage.name}): reads {feeding[0] + feeding[1]}, which run side by side; "
+                f"a stage can follow one lane of its group, not two"
+            )
     return Path(cfg["run_dir"]), stages
 
 
@@ -144,8 +146,14 @@ def stage_args(stage: Stage, stages: list[Stage], run: Path, seed: int = 0) -> l
     fill = lambda v: str(v).format_map(ctx)  # noqa: E731
     if stage.command:
         return [fill(a) for a in stage.command]
-    args = ["fit", "-c", stage.fit, f"--trainer.default_root_dir={run / stage.name}", f"--seed_everything={seed}",
-            "--trainer.callbacks+=lit_caprl.callbacks.ProgressFile"]  # fmt: skip
+    args = [
+        "fit",
+        "-c",
+        stage.fit,
+        f"--trainer.default_root_dir={run / stage.name}",
+        f"--seed_everything={seed}",
+        "--trainer.callbacks+=lit_caprl.callbacks.ProgressFile",
+    ]
     logger = (OmegaConf.to_container(OmegaConf.load(stage.fit)).get("trainer") or {}).get("logger")
     if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
         args.append(f"--trainer.logger.init_args.save_dir={run / stage.name}")  # logs beside the export
@@ -192,8 +200,9 @@ def run_pipeline(
             threads = max(1, len(os.sched_getaffinity(0)) // len(lanes))
             finished: dict[str, dict] = {}
             with ThreadPoolExecutor(len(lanes) + 1) as pool:
-                futures = [pool.submit(_run_lane, lane, finished, stages, run, runner, threads, seed or 0)
-                           for lane in lanes]  # fmt: skip
+                futures = [
+                    pool.submit(_run_lane, lane, finished, stages, run, runner, threads, seed or 0) for lane in lanes
+                ]
                 files = {s.name: run / s.name / "progress.json" for lane in lanes for s in lane if s.fit}
                 pool.submit(_show_progress, files, futures, finished)
             failed = [f.exception() for f in futures if f.exception()]
@@ -266,9 +275,12 @@ def _run_stage(
     record = stage.output(run) / "lit_caprl.json"
     training = json.loads(record.read_text()).get("training", {}) if stage.fit and record.is_file() else {}
     if training.get("stopped_by") == "time_limit":
-        print(f"== WARNING: {stage.name} was stopped by its time limit (max_time) after {training['steps']:,} of "
-              f"{training['max_steps']:,} steps: this machine is slower than the config assumes, and its model is "
-              "not the one the config promises. Raise trainer.max_time to let it finish.", flush=True)  # fmt: skip
+        print(
+            f"== WARNING: {stage.name} was stopped by its time limit (max_time) after {training['steps']:,} of "
+            f"{training['max_steps']:,} steps: this machine is slower than the config assumes, and its model is "
+            "not the one the config promises. Raise trainer.max_time to let it finish.",
+            flush=True,
+        )
     return {"wall_s": wall} | training
 
 

@@ -103,8 +103,14 @@ def accepted_arguments(class_path: str) -> list[str] | None:
             if init is None or init.args.vararg or init.args.kwarg:
                 return None
             return [a.arg for a in [*init.args.args, *init.args.kwonlyargs] if a.arg != "self"]
-        source = next((n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module
-                       and any(alias.name == name for alias in n.names)), None)  # fmt: skip
+        source = next(
+            (
+                n.module
+                for n in tree.body
+                if isinstance(n, ast.ImportFrom) and n.module and any(alias.name == name for alias in n.names)
+            ),
+            None,
+        )
         if source is None:
             return None
         module = source
@@ -123,8 +129,10 @@ def _check_keys(section: Any, key: str) -> None:
         if name in accepted:
             continue
         if "optim" in accepted and name in (*OPTIM_FIELDS, "optimizer"):  # a config from before `optim`
-            raise ConfigError(f"{key}.init_args.{name}: optimizer settings live under optim: write "
-                              f"{key}.init_args.optim.{'name' if name == 'optimizer' else name}")  # fmt: skip
+            raise ConfigError(
+                f"{key}.init_args.{name}: optimizer settings live under optim: write "
+                f"{key}.init_args.optim.{'name' if name == 'optimizer' else name}"
+            )
         close = difflib.get_close_matches(name, accepted, n=3)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"it accepts {accepted}"
         raise ConfigError(f"{key}.init_args.{name}: {owner} has no option {name!r}; {hint}")
@@ -148,8 +156,10 @@ def last_checkpoint(root: Path) -> Path:
     """The newest `last.ckpt` (a file, or a sharded checkpoint's directory) under `root`."""
     found = sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
     if not found:
-        raise ConfigError(f"ckpt_path=last: no last.ckpt under {root.resolve()} (the run's trainer.default_root_dir); "
-                          "save one with ModelCheckpoint(save_last: true), or give the checkpoint's path")  # fmt: skip
+        raise ConfigError(
+            f"ckpt_path=last: no last.ckpt under {root.resolve()} (the run's trainer.default_root_dir); "
+            "save one with ModelCheckpoint(save_last: true), or give the checkpoint's path"
+        )
     return found[-1]
 
 
@@ -186,32 +196,41 @@ def preflight(cfg: Any) -> None:
     if vision_lr is not None and vision_lr < 0:
         raise ConfigError(f"{key}.optim.vision_lr must be >= 0 (0 freezes the vision tower), got {optim['vision_lr']}")
     if groups is not None and groups < 2:
-        raise ConfigError(f"{key}.num_generations must be >= 2: GRPO compares captions of one image, got "
-                          f"{args['num_generations']}")  # fmt: skip
+        raise ConfigError(
+            f"{key}.num_generations must be >= 2: GRPO compares captions of one image, got {args['num_generations']}"
+        )
     if args.get("model") is not None:
         _exists(f"{key}.model", args["model"])
     init_from = args.get("init_from")
     if init_from is not None:
         path = Path(str(init_from))
         if not (path.is_file() or (path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
-            raise ConfigError(f"{key}.init_from: {init_from} is neither an export directory (config.json) nor a "
-                              "checkpoint file; give the previous stage's export, e.g. runs/NAME/export")  # fmt: skip
+            raise ConfigError(
+                f"{key}.init_from: {init_from} is neither an export directory (config.json) nor a "
+                "checkpoint file; give the previous stage's export, e.g. runs/NAME/export"
+            )
     base, start = _local_config(args.get("model")), _local_config(init_from)
     if base is not None and start is not None and _kind(base) != _kind(start):
-        raise ConfigError(f"{key}.init_from: {init_from} is a {_kind(start)} model but model {args['model']} is a "
-                          f"{_kind(base)} one; init_from must be an export of the same model")  # fmt: skip
+        raise ConfigError(
+            f"{key}.init_from: {init_from} is a {_kind(start)} model but model {args['model']} is a "
+            f"{_kind(base)} one; init_from must be an export of the same model"
+        )
     policy = start or base
     if stage in RL_STAGES and policy is not None and "vision_config" not in policy:
-        raise ConfigError(f"{key}: the {stage} policy must be a vision-language captioner, but "
-                          f"{init_from or args['model']} is {_kind(policy)} (a reader export?)")  # fmt: skip
+        raise ConfigError(
+            f"{key}: the {stage} policy must be a vision-language captioner, but "
+            f"{init_from or args['model']} is {_kind(policy)} (a reader export?)"
+        )
     reward = args.get("reward")
     reward_args = reward.get("init_args") if hasattr(reward, "get") else None
     for reader_key, reader in _readers(reward_args, f"{key}.reward.init_args"):
         _exists(reader_key, reader)
         config = _local_config(reader)
         if config is not None and "vision_config" in config:
-            raise ConfigError(f"{reader_key}: the reader must be a text-only LLM (it never sees the image), but "
-                              f"{reader} is {_kind(config)} (a captioner export?)")  # fmt: skip
+            raise ConfigError(
+                f"{reader_key}: the reader must be a text-only LLM (it never sees the image), but "
+                f"{reader} is {_kind(config)} (a captioner export?)"
+            )
     data = cfg.get("data")
     _check_data(data if hasattr(data, "get") else {})
 
@@ -232,8 +251,10 @@ def _check_data(data: Any) -> None:
     key = "data.init_args"
     if args.get("root") is not None and not args.get("generate"):
         if not (Path(args["root"]) / "train.jsonl").is_file():
-            raise ConfigError(f"{key}.root: {args['root']} holds no ShapesWorld data set (train.jsonl); write one "
-                              f"with `lit-caprl data shapes --out {args['root']}`, or set generate: true")  # fmt: skip
+            raise ConfigError(
+                f"{key}.root: {args['root']} holds no ShapesWorld data set (train.jsonl); write one "
+                f"with `lit-caprl data shapes --out {args['root']}`, or set generate: true"
+            )
     if (args.get("format") or "jsonl") == "jsonl":
         for name in ("train_file", "val_file"):
             if args.get(name) is not None and not Path(args[name]).is_file():

@@ -86,14 +86,14 @@ class Rollout:
         """Rewards as [records, G]."""
         return self.rewards.view(len(self.records), -1)
 
-    def select_groups(self, groups: Tensor, adapter: VLMAdapter) -> Rollout:
+    def select_groups(self, groups: Tensor) -> Rollout:
         """The rollout restricted to whole groups `groups` (indices into `records`)."""
         g = self.group_size
         rows = (groups[:, None] * g + torch.arange(g)).flatten()
         return replace(
             self,
             records=[self.records[i] for i in groups.tolist()],
-            prompts=adapter.select(self.prompts, rows.to(self.prompts.input_ids.device)),
+            prompts=self.prompts.select(rows.to(self.prompts.input_ids.device)),
             completions=self.completions.select(rows),
             texts=[self.texts[i] for i in rows.tolist()],
             rewards=self.rewards[rows],
@@ -102,11 +102,11 @@ class Rollout:
         )
 
     @staticmethod
-    def concat(parts: list[Rollout], adapter: VLMAdapter) -> Rollout:
+    def concat(parts: list[Rollout], pad_id: int) -> Rollout:
         return Rollout(
             records=[r for p in parts for r in p.records],
-            prompts=adapter.concat([p.prompts for p in parts]),
-            completions=adapter.concat_completions([p.completions for p in parts]),
+            prompts=PromptBatch.concat([p.prompts for p in parts], pad_id),
+            completions=Completions.concat([p.completions for p in parts], pad_id),
             texts=[t for p in parts for t in p.texts],
             rewards=torch.cat([p.rewards for p in parts]),
             terms={k: torch.cat([p.terms[k] for p in parts]) for k in parts[0].terms},
@@ -138,7 +138,7 @@ def sample(
     engine.sync(adapter)  # sample from the policy's current weights
     texts = [adapter.chat(p, with_image=True) for p in prompts]
     batch = adapter.encode_prompts(texts, images).to(device)
-    batch = adapter.select(batch, torch.arange(len(images), device=device).repeat_interleave(g))
+    batch = batch.select(torch.arange(len(images), device=device).repeat_interleave(g))
     was_training = adapter.model.training
     adapter.model.eval()
     request = Request(texts, images, batch, g, config.max_new_tokens, config.temperature, config.top_p)
@@ -193,7 +193,7 @@ def _refill(ro: Rollout, draw, adapter: VLMAdapter, examples: Sequence[dict], ma
         spread = ro.group_rewards.std(dim=1) > 0
         dropped += int((~spread).sum())
         if spread.any():
-            kept.append(ro.select_groups(spread.nonzero().flatten(), adapter))
+            kept.append(ro.select_groups(spread.nonzero().flatten()))
         have = sum(len(k.records) for k in kept)
         # Sampling is collective under FSDP2: every rank samples while any rank is short.
         if all_ranks(have >= size) or rounds == max_rounds:
@@ -201,5 +201,7 @@ def _refill(ro: Rollout, draw, adapter: VLMAdapter, examples: Sequence[dict], ma
         rounds += 1
         fresh = [examples[int(i)] for i in torch.randint(len(examples), (max(size - have, 1),), generator=gen)]
         ro = draw([e["image"] for e in fresh], [e["prompt"] for e in fresh], [e["record"] for e in fresh], rounds)
-    out = Rollout.concat(kept, adapter) if kept else ro  # no group had spread: train on the last round
+    out = (
+        Rollout.concat(kept, adapter.tokenizer.pad_token_id) if kept else ro
+    )  # no group had spread: train on the last round
     return replace(out, dropped_groups=dropped, refill_rounds=rounds)

@@ -35,11 +35,19 @@ def pairs_dir(tiny_models, shapes_root, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("mined") / "pairs"
     cfg = {
-        "policy": tiny_models["qwen2_5_vl"], "data": f"{shapes_root}/train.jsonl", "out": str(out),
-        "reward": {"class_path": "lit_caprl.rewards.CapRLQAReward",
-                   "init_args": {"reader": tiny_models["qwen2"], "num_draws": 2}},
-        "num_generations": 4, "max_new_tokens": 8, "min_margin": 0.0, "limit": 12, "batch_size": 4,
-    }  # fmt: skip
+        "policy": tiny_models["qwen2_5_vl"],
+        "data": f"{shapes_root}/train.jsonl",
+        "out": str(out),
+        "reward": {
+            "class_path": "lit_caprl.rewards.CapRLQAReward",
+            "init_args": {"reader": tiny_models["qwen2"], "num_draws": 2},
+        },
+        "num_generations": 4,
+        "max_new_tokens": 8,
+        "min_margin": 0.0,
+        "limit": 12,
+        "batch_size": 4,
+    }
     cfg_file = out.parent / "mine.yaml"
     cfg_file.write_text(json.dumps(cfg))
     assert main(["mine-pairs", "--config", str(cfg_file)]) == 0

@@ -14,6 +14,7 @@ def ideal_option_logits(adapter, texts, options, answer_format, *args, **kwargs)
         caption = text.split(" caption : ")[1].split(" question : ")[0]
         question = text.split(" question : ")[1].split(" options : ")[0]
         value = shapes_qa.answer_from_objects(question, shown[:-1], shapes_qa.parse_caption(caption))
-        rows.append([10.0 if (o == value if value is not None else i == len(shown) - 1) else 0.0
-                     for i, o in enumerate(shown)])  # fmt: skip
+        rows.append(
+            [10.0 if (o == value if value is not None else i == len(shown) - 1) else 0.0 for i, o in enumerate(shown)]
+        )
     return torch.tensor(rows)

@@ -45,7 +45,7 @@ def test_group_shared_prompts_give_the_same_logprobs_and_gradients(tiny_models, 
     images = [shapes.render(shapes.sample_scene(rng)) for _ in range(2)]
     prompts = [adapter.chat("describe this image in detail .", True), adapter.chat("describe this image .", True)]
     batch = adapter.encode_prompts(prompts, images)
-    batch = adapter.select(batch, torch.arange(2).repeat_interleave(3))  # 2 groups of G=3, padded prompts
+    batch = batch.select(torch.arange(2).repeat_interleave(3))  # 2 groups of G=3, padded prompts
     completions = adapter.encode_completions([*TARGETS, *reversed(TARGETS)])
     mask = completions.mask.bool()
     results = []
@@ -76,7 +76,7 @@ def test_group_shared_prefill_generates_the_same_captions(tiny_models, family):
     rng = random.Random(2)
     images = [shapes.render(shapes.sample_scene(rng)) for _ in range(2)]
     prompts = [adapter.chat("describe this image in detail .", True), adapter.chat("describe this image .", True)]
-    batch = adapter.select(adapter.encode_prompts(prompts, images), torch.arange(2).repeat_interleave(4))
+    batch = adapter.encode_prompts(prompts, images).select(torch.arange(2).repeat_interleave(4))
     for sample in (False, True):
         torch.manual_seed(1)
         plain = adapter.generate(batch, 12, do_sample=sample)
@@ -91,7 +91,7 @@ def test_select_slices_flattened_qwen_patches(tiny_models):
     images = [shapes.render(shapes.sample_scene(rng)) for _ in range(3)]
     text = adapter.chat("describe this image in detail .", True)
     batch = adapter.encode_prompts([text] * 3, images)
-    picked = adapter.select(batch, torch.tensor([2, 2, 0]))
+    picked = batch.select(torch.tensor([2, 2, 0]))
     single = adapter.encode_prompts([text], [images[2]])
     per_image = single.pixel_values.shape[0]
     torch.testing.assert_close(picked.pixel_values[:per_image], single.pixel_values)
@@ -111,7 +111,7 @@ def test_generate_then_forward_on_other_batch_size(tiny_models, family):
     assert comps.ids.shape[0] == 3 and not comps.ids.requires_grad
     eos_rows = comps.ids == adapter.eos_id
     assert ((comps.mask.sum(-1) == 6) | eos_rows.any(-1)).all()  # mask runs to the first EOS or the budget
-    small = adapter.select(big, torch.tensor([1]))
+    small = big.select(torch.tensor([1]))
     lp = adapter.completion_logprobs(small, adapter.encode_completions(["top big red circle ."]))
     assert torch.isfinite(lp).all()
 

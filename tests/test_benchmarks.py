@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_reader_reward_benchmark_quick(tmp_path):
     out = tmp_path / "rr.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/reader_reward.py"), "--quick", "--out", str(out)],
-                   check=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/reader_reward.py"), "--quick", "--out", str(out)],
+        check=True,
+        timeout=300,
+    )
     result = json.loads(out.read_text())
     assert {"logprob_qps", "sample_qps", "ratio", "logprob_std", "sample_std"} <= result.keys()
     assert result["logprob_std"] == 0.0
@@ -24,8 +27,20 @@ def test_reader_reward_benchmark_quick(tmp_path):
 
 def test_reader_reward_length_sweep_quick(tmp_path):
     out = tmp_path / "rr.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/reader_reward.py"), "--quick", "--caption-words", "8", "32",
-                    "--out", str(out)], check=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/reader_reward.py"),
+            "--quick",
+            "--caption-words",
+            "8",
+            "32",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        timeout=300,
+    )
     rows = json.loads(out.read_text())["lengths"]
     assert [r["caption_words"] for r in rows] == [8, 32]
     assert rows[0]["prompt_tokens"] < rows[1]["prompt_tokens"]
@@ -35,18 +50,25 @@ def test_reader_reward_length_sweep_quick(tmp_path):
 
 def test_grpo_vs_trl_benchmark_quick(tmp_path):
     out = tmp_path / "g.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/grpo_vs_trl.py"), "--quick", "--out", str(out)],
-                   check=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/grpo_vs_trl.py"), "--quick", "--out", str(out)], check=True, timeout=600
+    )
     entry = json.loads(out.read_text())["results"][0]
-    for key in ("lit_caprl_completions_per_s", "trl_completions_per_s", "ratio", "lit_caprl_peak_rss_mb",
-                "trl_peak_rss_mb"):  # fmt: skip
+    for key in (
+        "lit_caprl_completions_per_s",
+        "trl_completions_per_s",
+        "ratio",
+        "lit_caprl_peak_rss_mb",
+        "trl_peak_rss_mb",
+    ):
         assert entry[key] > 0, key
 
 
 def test_scaling_benchmark_quick(tmp_path):
     out = tmp_path / "s.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/scaling.py"), "--quick", "--out", str(out)],
-                   check=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/scaling.py"), "--quick", "--out", str(out)], check=True, timeout=600
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [r["g"] for r in rows] == [2, 4]
     for r in rows:
@@ -56,8 +78,11 @@ def test_scaling_benchmark_quick(tmp_path):
 
 def test_import_throughput_benchmark_quick(tmp_path):
     out = tmp_path / "i.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/import_throughput.py"), "--quick", "--out", str(out)],
-                   check=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/import_throughput.py"), "--quick", "--out", str(out)],
+        check=True,
+        timeout=300,
+    )
     result = json.loads(out.read_text())
     assert [r["rows"] for r in result["results"]] == [200, 600]
     assert all(r["rows_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in result["results"])

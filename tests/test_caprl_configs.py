@@ -21,8 +21,11 @@ def pair_file(shapes_root) -> Path:
     """Preference pairs in the documented format (beside the images): gold caption over a wrong one."""
     records, _ = load_records(Path(shapes_root) / "train.jsonl")
     out = Path(shapes_root) / "caprl_test_pairs.jsonl"
-    rows = [r.to_json(os.path.relpath(r.image, shapes_root)) | {"chosen": r.captions[0],
-            "rejected": "top small red circle ."} for r in records[:8]]  # fmt: skip
+    rows = [
+        r.to_json(os.path.relpath(r.image, shapes_root))
+        | {"chosen": r.captions[0], "rejected": "top small red circle ."}
+        for r in records[:8]
+    ]
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return out
 
@@ -34,11 +37,25 @@ def caprl_qa_parquet(shapes_root) -> Path:
     import pyarrow.parquet as pq
 
     records, _ = load_records(Path(shapes_root) / "train.jsonl")
-    rows = [{"id": r.id, "image": {"bytes": r.image.read_bytes(), "path": None}, "data_source": "image_caption_rl",
-             "prompt": [{"role": "user", "content": "<image> Please describe this image in detail."}],
-             "reward_model": {"ground_truth": [{"question": q.question, "answer": q.answer,
-                              "choices": [f"{'ABCD'[i]}) {o}" for i, o in enumerate(q.options)]} for q in r.questions]}}
-            for r in records[:8]]  # fmt: skip
+    rows = [
+        {
+            "id": r.id,
+            "image": {"bytes": r.image.read_bytes(), "path": None},
+            "data_source": "image_caption_rl",
+            "prompt": [{"role": "user", "content": "<image> Please describe this image in detail."}],
+            "reward_model": {
+                "ground_truth": [
+                    {
+                        "question": q.question,
+                        "answer": q.answer,
+                        "choices": [f"{'ABCD'[i]}) {o}" for i, o in enumerate(q.options)],
+                    }
+                    for q in r.questions
+                ]
+            },
+        }
+        for r in records[:8]
+    ]
     out = Path(shapes_root).parent / "caprl-qa" / "train-00000-of-00001.parquet"
     out.parent.mkdir(exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out)
@@ -59,15 +76,25 @@ def test_real_scale_config_runs_two_steps_on_two_cpu_ranks(
     if config.stem == "grpo":  # the config reads CapRL-QA-75K's parquet as it is; no val set
         train, val = str(caprl_qa_parquet), "null"
     overrides = [
-        f"--model.init_args.model={tiny_models['qwen2_5_vl']}", f"--data.init_args.train_file={train}",
-        f"--data.init_args.val_file={val}", "--data.init_args.num_workers=0", "--trainer.accelerator=cpu",
-        "--trainer.devices=2", "--trainer.strategy.init_args.data_parallel_size=2", "--trainer.max_steps=2",
-        "--trainer.limit_val_batches=1", "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}",
-    ]  # fmt: skip
+        f"--model.init_args.model={tiny_models['qwen2_5_vl']}",
+        f"--data.init_args.train_file={train}",
+        f"--data.init_args.val_file={val}",
+        "--data.init_args.num_workers=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy.init_args.data_parallel_size=2",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     if config.stem == "grpo":
-        overrides += [f"--model.init_args.reward.init_args.reader={tiny_models['qwen2']}",
-                      "--model.init_args.max_new_tokens=8", "--model.init_args.max_rollout_steps=2",
-                      "--data.init_args.batch_size=1"]  # fmt: skip
+        overrides += [
+            f"--model.init_args.reward.init_args.reader={tiny_models['qwen2']}",
+            "--model.init_args.max_new_tokens=8",
+            "--model.init_args.max_rollout_steps=2",
+            "--data.init_args.batch_size=1",
+        ]
     if config.stem == "dpo":
         overrides += [f"--model.init_args.init_from={tiny_models['qwen2_5_vl']}"]
     argv = [sys.executable, "-m", "lit_caprl.cli", "fit", "-c", str(config), *overrides]

@@ -18,8 +18,14 @@ def _image(i: int) -> Image.Image:
     """20 images of mixed modes and sizes, as users' folders hold them."""
     size = (24 + 7 * i, 80 - 3 * i)
     rgb = Image.new("RGB", size, (40 * (i % 6), 120, 200))
-    return [rgb, rgb.convert("RGBA"), rgb.convert("L"), rgb.convert("P"), rgb.convert("CMYK"),
-            Image.fromarray((np.full(size[::-1], 30000)).astype(np.uint16))][i % 6]  # fmt: skip
+    return [
+        rgb,
+        rgb.convert("RGBA"),
+        rgb.convert("L"),
+        rgb.convert("P"),
+        rgb.convert("CMYK"),
+        Image.fromarray((np.full(size[::-1], 30000)).astype(np.uint16)),
+    ][i % 6]
 
 
 def write_images(folder):
@@ -46,9 +52,30 @@ def test_every_mode_becomes_upright_rgb(tmp_path):
 def test_caption_killed_half_way_and_rerun_writes_each_id_once(tiny_models, tmp_path):
     folder = write_images(tmp_path / "images")
     out = tmp_path / "captions.jsonl"
-    argv = [sys.executable, "-m", "lit_caprl.cli", "caption", "--model", tiny_models["qwen2_5_vl"], "--in",
-            str(folder), "--out", str(out), "--batch-size", "1", "--num-captions", "2", "--temperature", "1.0",
-            "--max-new-tokens", "48", "--accelerator", "cpu", "--devices", "1"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "lit_caprl.cli",
+        "caption",
+        "--model",
+        tiny_models["qwen2_5_vl"],
+        "--in",
+        str(folder),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--num-captions",
+        "2",
+        "--temperature",
+        "1.0",
+        "--max-new-tokens",
+        "48",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
@@ -98,9 +125,26 @@ def test_a_corrupt_image_is_named_with_its_record(tmp_path):
 def test_caption_on_two_ranks_merges_their_parts(tiny_models, tmp_path):
     folder = write_images(tmp_path / "images")
     out = tmp_path / "captions.jsonl"
-    argv = [sys.executable, "-m", "lit_caprl.cli", "caption", "--model", tiny_models["qwen2_5_vl"], "--in",
-            str(folder), "--out", str(out), "--batch-size", "3", "--max-new-tokens", "6", "--accelerator", "cpu",
-            "--devices", "2"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "lit_caprl.cli",
+        "caption",
+        "--model",
+        tiny_models["qwen2_5_vl"],
+        "--in",
+        str(folder),
+        "--out",
+        str(out),
+        "--batch-size",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "MASTER_", "WANDB_SERVICE"))}
     done = subprocess.run(argv, env=env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -15,9 +15,15 @@ from lit_caprl.strategies import AtomicModelParallelStrategy
 def test_a_save_killed_midway_leaves_the_previous_checkpoint(tiny_models, shapes_root, tmp_path, monkeypatch):
     module = SFTStage(tiny_models["qwen2"], optim=Optim(lr=1e-2, warmup_steps=20, schedule="cosine"))
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=ShapesReaderData(shapes_root, batch_size=4))
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
@@ -50,10 +56,17 @@ def test_a_sharded_save_killed_midway_leaves_the_previous_checkpoint(tiny_models
     """FSDP2 (DCP) checkpoints: one directory of shards, swapped in whole or not at all."""
     module = SFTStage(tiny_models["qwen2"], optim=Optim(lr=1e-2, warmup_steps=20, schedule="cosine"))
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, strategy=AtomicModelParallelStrategy(), max_steps=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        accelerator="cpu",
+        devices=1,
+        strategy=AtomicModelParallelStrategy(),
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
         default_root_dir=tmp_path,
-    )  # fmt: skip
+    )
     trainer.fit(module, datamodule=ShapesReaderData(shapes_root, batch_size=4))
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)

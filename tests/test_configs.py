@@ -74,12 +74,19 @@ def test_several_configs_merge_and_interpolate(tmp_path):
 
 def test_cli_fit_runs_the_captioner_config(tiny_models, shapes_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main([
-        "fit", "-c", str(ROOT / "experiments/shapes/captioner_pretrain.yaml"),
-        f"--model.init_args.model={tiny_models['qwen2_5_vl']}", f"--data.init_args.root={shapes_root}",
-        "--data.init_args.batch_size=4", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
-        "--trainer.limit_val_batches=1",
-    ])  # fmt: skip
+    main(
+        [
+            "fit",
+            "-c",
+            str(ROOT / "experiments/shapes/captioner_pretrain.yaml"),
+            f"--model.init_args.model={tiny_models['qwen2_5_vl']}",
+            f"--data.init_args.root={shapes_root}",
+            "--data.init_args.batch_size=4",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1",
+        ]
+    )
     export = tmp_path / "runs/shapes/captioner_pretrain/export"
     assert (export / "model.safetensors").is_file()
     assert (tmp_path / "runs/shapes/captioner_pretrain/lightning_logs").is_dir()

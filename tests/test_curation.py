@@ -63,8 +63,13 @@ def test_curation_keeps_what_needs_the_image_with_judges_that_know(tiny_models, 
         return torch.tensor(rows)
 
     monkeypatch.setattr(mcq, "option_logits", judges)
-    stats = curate(str(data / "val.jsonl"), tiny_models["qwen2_5_vl"], tiny_models["qwen2"], str(tmp_path / "out"),
-                   answer_format="cloze")  # fmt: skip
+    stats = curate(
+        str(data / "val.jsonl"),
+        tiny_models["qwen2_5_vl"],
+        tiny_models["qwen2"],
+        str(tmp_path / "out"),
+        answer_format="cloze",
+    )
     leaky = stats["by_type"].pop("leaky")
     assert leaky == {"n": 6, "kept": 0, "visual": 1.0, "blind": 1.0}
     for t in stats["by_type"].values():

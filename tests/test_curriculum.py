@@ -31,9 +31,16 @@ class LevelProbe(L.LightningModule):
 def _fit(shapes_root, tmp_path, callback, rewards, steps):
     module = LevelProbe(rewards)
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[callback],
-    )  # fmt: skip
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=4))
     return module, trainer
 
@@ -67,9 +74,15 @@ def test_level_survives_a_resume_from_checkpoint(shapes_root, tmp_path):
 
     def trainer(steps, callbacks):
         return L.Trainer(
-            accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-            limit_val_batches=0, default_root_dir=tmp_path, callbacks=callbacks,
-        )  # fmt: skip
+            accelerator="cpu",
+            max_steps=steps,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            default_root_dir=tmp_path,
+            callbacks=callbacks,
+        )
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     first = CurriculumCallback(levels=[1, 2, 3, 4], threshold=0.5, window=1)

@@ -20,10 +20,17 @@ from lit_caprl.stages.optim import Optim
 
 def _trainer(tmp_path, callbacks=(), **kwargs) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path, callbacks=list(callbacks),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 class _LengthReward(torch.nn.Module):
@@ -34,8 +41,9 @@ class _LengthReward(torch.nn.Module):
         return RewardOutput(values, {"length": values})
 
 
-def _reference_loss(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, loss_type: str,
-                    max_new_tokens: int) -> torch.Tensor:  # fmt: skip
+def _reference_loss(
+    logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, loss_type: str, max_new_tokens: int
+) -> torch.Tensor:
     """The GRPO objective at ratio 1 (one inner epoch), written out per loss type over the whole
     rollout at once: the formulas of the GRPO, DAPO and Dr. GRPO papers and TRL's `loss_type`."""
     per_token = -advantages[:, None] * logp * mask  # the surrogate's gradient at ratio 1
@@ -60,11 +68,17 @@ def _advantages(rewards: torch.Tensor, scale: str, estimator: str) -> torch.Tens
 
 @pytest.mark.parametrize(
     "loss_type, scale, estimator",
-    [("grpo", "group", "grpo"), ("bnpo", "group", "grpo"), ("dr_grpo", "none", "grpo"), ("dapo", "group", "grpo"),
-     ("dapo", "batch", "rloo")],
-)  # fmt: skip
-def test_a_grpo_step_follows_the_gradient_of_its_objective(tiny_models, shapes_root, tmp_path, loss_type, scale,
-                                                           estimator):  # fmt: skip
+    [
+        ("grpo", "group", "grpo"),
+        ("bnpo", "group", "grpo"),
+        ("dr_grpo", "none", "grpo"),
+        ("dapo", "group", "grpo"),
+        ("dapo", "batch", "rloo"),
+    ],
+)
+def test_a_grpo_step_follows_the_gradient_of_its_objective(
+    tiny_models, shapes_root, tmp_path, loss_type, scale, estimator
+):
     """One step through `training_step`, the rollout split into three micro-batches, with plain
     SGD: the update equals -lr x the gradient of the objective written out in the test over the
     whole rollout (advantages from the rewards by hand). Then captions that beat their group's
@@ -72,12 +86,24 @@ def test_a_grpo_step_follows_the_gradient_of_its_objective(tiny_models, shapes_r
     any loss type's divisor or micro-batch weighting gone wrong."""
     L.seed_everything(0)
     g, lr = 4, 1e-3
-    module = GRPOStage(tiny_models["qwen2_5_vl"], _LengthReward(), num_generations=g, max_new_tokens=8,
-                       temperature=1.0, micro_batch_size=g, loss_type=loss_type, scale_rewards=scale,
-                       advantage=estimator, dtype="float64", optim=Optim(lr=lr, max_grad_norm=0.0))  # fmt: skip
+    module = GRPOStage(
+        tiny_models["qwen2_5_vl"],
+        _LengthReward(),
+        num_generations=g,
+        max_new_tokens=8,
+        temperature=1.0,
+        micro_batch_size=g,
+        loss_type=loss_type,
+        scale_rewards=scale,
+        advantage=estimator,
+        dtype="float64",
+        optim=Optim(lr=lr, max_grad_norm=0.0),
+    )
     sgd = torch.optim.SGD(module.policy.parameters(), lr=lr)
-    module.configure_optimizers = lambda: {"optimizer": sgd, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(
-        sgd, lambda _: 1.0)}  # fmt: skip
+    module.configure_optimizers = lambda: {
+        "optimizer": sgd,
+        "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(sgd, lambda _: 1.0),
+    }
     theta0 = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     seen = {}
 

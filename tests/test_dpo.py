@@ -1,6 +1,5 @@
 """Pair mining and the DPO stage on tiny models: pairs pass the schema, the policy moves, the reference does not."""
 
-
 import lightning as L
 import pytest
 import torch
@@ -38,10 +37,17 @@ def test_one_dpo_step_moves_policy_not_reference(pairs_dir, tiny_models, tmp_pat
     ref0 = {n: p.detach().clone() for n, p in ref.named_parameters()}
     pairs = str(pairs_dir / "pairs.jsonl")
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1, val_check_interval=1,
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        val_check_interval=1,
         default_root_dir=tmp_path,
-    )  # fmt: skip
+    )
     trainer.fit(module, datamodule=PairData(pairs, pairs, batch_size=2))
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert not any(id(p) in optimized for p in ref.parameters())
@@ -67,9 +73,16 @@ def test_rpo_adds_the_chosen_captions_token_nll(pairs_dir, tiny_models, tmp_path
         chosen, _, tokens = module.sequence_logps(module.adapter, next(iter(data.train_dataloader())))
     want = torch.log(torch.tensor(2.0)).item() + 0.5 * (-chosen.sum() / tokens.sum()).item()
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=data)
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(want, abs=1e-4)
     assert trainer.callback_metrics["train/nll"].item() > 0

@@ -28,7 +28,7 @@ def test_hf_engine_returns_g_grouped_completions_cut_at_eos(tiny_models, shapes_
     images = [Image.new("RGB", (84, 84), c) for c in ("red", "blue")]
     texts = [adapter.chat("describe the image .", with_image=True)] * 2
     batch = adapter.encode_prompts(texts, images)
-    batch = adapter.select(batch, torch.arange(2).repeat_interleave(3))
+    batch = batch.select(torch.arange(2).repeat_interleave(3))
     torch.manual_seed(0)
     out = HFEngine().generate(adapter, Request(texts, images, batch, 3, 12, 1.0, 1.0))
     assert out.ids.shape[0] == 6 and out.ids.shape[1] <= 12
@@ -50,8 +50,9 @@ class FixedCaptionEngine:
         self.syncs += 1
 
     def generate(self, adapter, request):
-        ids = adapter.tokenizer(["top big red circle ."] * len(request.batch), add_special_tokens=False,
-                                return_tensors="pt").input_ids  # fmt: skip
+        ids = adapter.tokenizer(
+            ["top big red circle ."] * len(request.batch), add_special_tokens=False, return_tensors="pt"
+        ).input_ids
         return adapter.completions_from_ids(torch.cat([ids, torch.full((len(ids), 1), adapter.eos_id)], 1))
 
 
@@ -71,9 +72,19 @@ def test_the_rollout_callback_syncs_and_samples_through_its_engine(tiny_models, 
     rollouts = Capture()
     rollouts.engine = engine = FixedCaptionEngine()
     module = GRPOStage(tiny_models["qwen2_5_vl"], Words(), num_generations=2, max_new_tokens=8)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, default_root_dir=tmp_path, callbacks=[rollouts])  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[rollouts],
+    )
     trainer.fit(module, datamodule=ShapesPromptData(shapes_root, batch_size=2))
     assert engine.syncs == 2 and len(seen) == 2
     assert all(t == "top big red circle ." for ro in seen for t in ro.texts)

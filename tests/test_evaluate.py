@@ -38,9 +38,16 @@ def _benchmarks(shapes_root: str, out: Path, n: int = 6) -> tuple[Path, Path]:
     shutil.copytree(Path(shapes_root) / "images", out / "images")
     ours = (Path(shapes_root) / "val.jsonl").read_text().splitlines()[:n]
     (out / "ours.jsonl").write_text("".join(line + "\n" for line in ours))
-    prism = [{"image": f"images/{r.image.name}", "image_id": r.id, "answer": q.answer,
-              "prompt": q.question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(q.options))}
-             for r in records for q in r.questions]  # fmt: skip
+    prism = [
+        {
+            "image": f"images/{r.image.name}",
+            "image_id": r.id,
+            "answer": q.answer,
+            "prompt": q.question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(q.options)),
+        }
+        for r in records
+        for q in r.questions
+    ]
     (out / "prism.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prism))
     return out / "ours.jsonl", out / "prism.jsonl"
 
@@ -49,8 +56,13 @@ def test_prism_benchmark_gives_the_same_utility_as_our_format(tiny_models, shape
     monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
     # A random reader's argmax utility is 0 on both; its probabilities show any difference in the
     # questions, options, their order, or the draws (seeded by record id) that the two formats ask.
-    monkeypatch.setattr(evaluate, "utility_judge", lambda reader, answer_format=None: CapRLQAReward(
-        reader, num_draws=4, mode="logprob", score="prob", rotations=False, answer_format=answer_format))
+    monkeypatch.setattr(
+        evaluate,
+        "utility_judge",
+        lambda reader, answer_format=None: CapRLQAReward(
+            reader, num_draws=4, mode="logprob", score="prob", rotations=False, answer_format=answer_format
+        ),
+    )
     ours, prism = _benchmarks(shapes_root, tmp_path / "bench")
     policies = {"sft": tiny_models["qwen2_5_vl"]}
     common = dict(reader=tiny_models["qwen2"], policies=policies, n=6, seeds=[0, 1], max_new_tokens=12)
@@ -66,9 +78,25 @@ def test_prism_benchmark_gives_the_same_utility_as_our_format(tiny_models, shape
 def test_eval_cli_writes_a_table_per_benchmark_with_best_of_n(tiny_models, shapes_root, tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
     ours, prism = _benchmarks(shapes_root, tmp_path / "bench", n=4)
-    argv = ["eval", "--benchmark", f"prism={prism}", "--format", "prism", "--reader", tiny_models["qwen2"],
-            "--policy", f"sft={tiny_models['qwen2_5_vl']}", "--num-captions", "3", "--max-new-tokens", "8",
-            "--seeds", "0", "--out", str(tmp_path / "eval")]  # fmt: skip
+    argv = [
+        "eval",
+        "--benchmark",
+        f"prism={prism}",
+        "--format",
+        "prism",
+        "--reader",
+        tiny_models["qwen2"],
+        "--policy",
+        f"sft={tiny_models['qwen2_5_vl']}",
+        "--num-captions",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path / "eval"),
+    ]
     assert cli.main(argv) == 0
     payload = json.loads((tmp_path / "eval" / "report.json").read_text())
     row = payload["benchmarks"]["prism"]["rows"]["sft"]
@@ -77,9 +105,25 @@ def test_eval_cli_writes_a_table_per_benchmark_with_best_of_n(tiny_models, shape
 
 
 def test_report_cli_on_shapesworld_adds_fidelity_gold_and_the_readers_accuracy(tiny_models, shapes_root, tmp_path):
-    argv = ["report", "--data", f"{shapes_root}/val.jsonl", "--reader", tiny_models["qwen2"], "--policy",
-            f"sft={tiny_models['qwen2_5_vl']}", "--n", "4", "--n-reader", "4", "--seeds", "0", "--max-new-tokens",
-            "8", "--out", str(tmp_path / "report")]  # fmt: skip
+    argv = [
+        "report",
+        "--data",
+        f"{shapes_root}/val.jsonl",
+        "--reader",
+        tiny_models["qwen2"],
+        "--policy",
+        f"sft={tiny_models['qwen2_5_vl']}",
+        "--n",
+        "4",
+        "--n-reader",
+        "4",
+        "--seeds",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        str(tmp_path / "report"),
+    ]
     assert cli.main(argv) == 0
     payload = json.loads((tmp_path / "report" / "report.json").read_text())
     rows = payload["benchmarks"]["heldout"]["rows"]
@@ -87,16 +131,49 @@ def test_report_cli_on_shapesworld_adds_fidelity_gold_and_the_readers_accuracy(t
     assert 0 <= payload["reader"]["accuracy"] <= 1
 
 
-def test_eval_scores_captions_written_by_caption_and_names_missing_ids(tiny_models, shapes_root, tmp_path,
-                                                                        monkeypatch):  # fmt: skip
+def test_eval_scores_captions_written_by_caption_and_names_missing_ids(tiny_models, shapes_root, tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
     _, prism = _benchmarks(shapes_root, tmp_path / "bench", n=4)
     caps = tmp_path / "caps.jsonl"
-    assert cli.main(["caption", "--model", tiny_models["qwen2_5_vl"], "--in", str(prism), "--format", "prism",
-                     "--out", str(caps), "--num-captions", "2", "--temperature", "1.0", "--max-new-tokens", "6",
-                     "--accelerator", "cpu", "--devices", "1"]) == 0  # fmt: skip
-    base = ["eval", "--benchmark", f"prism={prism}", "--format", "prism", "--reader", tiny_models["qwen2"],
-            "--num-captions", "2", "--seeds", "0"]  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "caption",
+                "--model",
+                tiny_models["qwen2_5_vl"],
+                "--in",
+                str(prism),
+                "--format",
+                "prism",
+                "--out",
+                str(caps),
+                "--num-captions",
+                "2",
+                "--temperature",
+                "1.0",
+                "--max-new-tokens",
+                "6",
+                "--accelerator",
+                "cpu",
+                "--devices",
+                "1",
+            ]
+        )
+        == 0
+    )
+    base = [
+        "eval",
+        "--benchmark",
+        f"prism={prism}",
+        "--format",
+        "prism",
+        "--reader",
+        tiny_models["qwen2"],
+        "--num-captions",
+        "2",
+        "--seeds",
+        "0",
+    ]
     assert cli.main([*base, "--captions", f"gpu={caps}", "--out", str(tmp_path / "eval")]) == 0
     rows = json.loads((tmp_path / "eval" / "report.json").read_text())["benchmarks"]["prism"]["rows"]
     written = [c for line in caps.read_text().splitlines() for c in json.loads(line)["captions"]]
@@ -111,8 +188,12 @@ def test_caption_fidelity_hand_computed():
     from lit_caprl.data.schema import Record
 
     def scene(*objs):
-        return Record(id="s", image=Path("x.png"), questions=(), meta={"objects": [
-            dict(zip(("position", "size", "color", "shape"), o.split(), strict=True)) for o in objs]})  # fmt: skip
+        return Record(
+            id="s",
+            image=Path("x.png"),
+            questions=(),
+            meta={"objects": [dict(zip(("position", "size", "color", "shape"), o.split(), strict=True)) for o in objs]},
+        )
 
     records = [scene("top big red circle", "left small blue cross"), scene("center big green square")]
     captions = [
@@ -140,8 +221,11 @@ def test_utility_and_reader_accuracy_of_an_ideal_reader(tiny_models, shapes_root
     assert evaluate.caption_utility(judge, [""] * len(records), records) == 0.0
     reader = load_model(tiny_models["qwen2"])
     assert evaluate.reader_accuracy(reader, records, "cloze") == {"accuracy": 1.0, "cannot_answer_accuracy": 1.0}
-    monkeypatch.setattr(mcq, "option_logits", lambda a, texts, options, *x, **k: torch.tensor(
-        [[0.0] * (len(o) - 1) + [1.0] for o in options]))  # fmt: skip
+    monkeypatch.setattr(
+        mcq,
+        "option_logits",
+        lambda a, texts, options, *x, **k: torch.tensor([[0.0] * (len(o) - 1) + [1.0] for o in options]),
+    )
     examples = reader_examples(records, 0, "cloze")
     share = sum(e["correct"] == len(e["options"]) - 1 for e in examples) / len(examples)
     got = evaluate.reader_accuracy(reader, records, "cloze")

@@ -13,17 +13,33 @@ from lit_caprl.stages.optim import Optim
 
 def _trainer(tmp_path, steps: int, callbacks) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, default_root_dir=tmp_path, callbacks=callbacks,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
 
 
 def test_one_grpo_step_moves_policy_only(tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
     reward = CapRLQAReward(tiny_models["qwen2"], num_draws=2)
-    module = GRPOStage(tiny_models["qwen2_5_vl"], reward, num_generations=4, max_new_tokens=8, beta=0.04,
-                       mu=2, micro_batch_size=4, optim=Optim(lr=1e-2))  # fmt: skip
+    module = GRPOStage(
+        tiny_models["qwen2_5_vl"],
+        reward,
+        num_generations=4,
+        max_new_tokens=8,
+        beta=0.04,
+        mu=2,
+        micro_batch_size=4,
+        optim=Optim(lr=1e-2),
+    )
     policy0 = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     reader0 = {n: p.detach().clone() for n, p in module.reward.named_parameters()}
     ref0 = {n: p.detach().clone() for n, p in module.ref.named_parameters()}
@@ -43,8 +59,15 @@ def test_one_grpo_step_moves_policy_only(tiny_models, shapes_root, tmp_path):
     pairs, problems = load_records(tmp_path / "pairs" / "pairs.jsonl")  # mined from the scored rollout
     assert problems == [] and all(p.meta["rewards"]["chosen"] > p.meta["rewards"]["rejected"] for p in pairs)
     logged = trainer.callback_metrics
-    for key in ("train/reward", "reward/caprl_qa/mean", "reward/frac_zero_std_groups", "completions/mean_length",
-                "completions/truncated_ratio", "train/clip_fraction", "train/kl"):  # fmt: skip
+    for key in (
+        "train/reward",
+        "reward/caprl_qa/mean",
+        "reward/frac_zero_std_groups",
+        "completions/mean_length",
+        "completions/truncated_ratio",
+        "train/clip_fraction",
+        "train/kl",
+    ):
         assert key in logged, key
 
 
@@ -53,15 +76,23 @@ class _SpreadOnlyForEvenScenes(torch.nn.Module):
     (whose groups then have zero reward std and carry no gradient)."""
 
     def forward(self, captions, records, step=0):
-        values = [float(sum(map(ord, c)) % 97) if int(r.id.split("-")[-1]) % 2 == 0 else 1.0
-                  for c, r in zip(captions, records, strict=True)]  # fmt: skip
+        values = [
+            float(sum(map(ord, c)) % 97) if int(r.id.split("-")[-1]) % 2 == 0 else 1.0
+            for c, r in zip(captions, records, strict=True)
+        ]
         return RewardOutput(torch.tensor(values), {"checksum": torch.tensor(values)})
 
 
 def test_dynamic_sampling_drops_zero_std_groups_and_refills(tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
-    module = GRPOStage(tiny_models["qwen2_5_vl"], _SpreadOnlyForEvenScenes(), num_generations=4, max_new_tokens=8,
-                       micro_batch_size=8, optim=Optim(lr=1e-3))  # fmt: skip
+    module = GRPOStage(
+        tiny_models["qwen2_5_vl"],
+        _SpreadOnlyForEvenScenes(),
+        num_generations=4,
+        max_new_tokens=8,
+        micro_batch_size=8,
+        optim=Optim(lr=1e-3),
+    )
     captured = []
 
     class Capture(RolloutCallback):

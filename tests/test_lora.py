@@ -29,10 +29,18 @@ def _grpo(module, tmp_path, callbacks=()) -> list:
             return captured[-1]
 
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
         callbacks=[Capture(), *callbacks],
-    )  # fmt: skip
+    )
     return trainer, captured
 
 
@@ -40,8 +48,15 @@ def _grpo(module, tmp_path, callbacks=()) -> list:
 def test_lora_grpo_trains_adapters_only_and_the_reference_is_the_base(quantize, tiny_models, shapes_root, tmp_path):
     L.seed_everything(0)
     lora = LoRA(r=4, alpha=8, quantize=quantize)
-    module = GRPOStage(tiny_models["qwen2_5_vl"], WordCount(), num_generations=4, max_new_tokens=8,
-                       beta=0.04, lora=lora, optim=Optim(lr=1e-2, name="adamw8bit"))  # fmt: skip
+    module = GRPOStage(
+        tiny_models["qwen2_5_vl"],
+        WordCount(),
+        num_generations=4,
+        max_new_tokens=8,
+        beta=0.04,
+        lora=lora,
+        optim=Optim(lr=1e-2, name="adamw8bit"),
+    )
     assert module.ref is None  # the reference is the policy with adapters off, not a copy
     before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
     trainable = {n for n, p in module.policy.named_parameters() if p.requires_grad}
@@ -69,10 +84,17 @@ def test_lora_exports_merged_or_as_adapters(merge, tiny_models, shapes_root, tmp
     optim = Optim(lr=1e-2, warmup_steps=0, schedule="cosine")
     module = SFTStage(tiny_models["qwen2_5_vl"], lora=LoRA(r=4, alpha=8), optim=optim)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
         callbacks=[HFExport(merge_lora=merge)],
-    )  # fmt: skip
+    )
     data = ShapesCaptionData(shapes_root, batch_size=4)
     trainer.fit(module, datamodule=data)
     export = tmp_path / "export"

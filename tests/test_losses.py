@@ -67,6 +67,7 @@ def test_ratio_is_one_with_a_single_inner_epoch():
 def test_aggregation_hand_computed():
     per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]])
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+
     def whole(loss_type, **kwargs):
         return aggregate(per_token, mask, loss_type, loss_divisor(loss_type, mask, **kwargs)).item()
 
@@ -117,8 +118,9 @@ def test_grpo_loss_matches_independent_formulation(loss_type, beta):
     mask = (torch.arange(7)[None] < lengths[:, None]).long()
     divisor = loss_divisor(loss_type, mask, max_completion_length=8, global_tokens=40.0)
     got, _ = grpo_loss(logp, old, adv, mask, ref, beta, 0.2, 0.28, loss_type, divisor)
-    want = _reference_loss(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), ref.tolist(), beta, 0.2, 0.28,
-                           loss_type, 8, 40.0)  # fmt: skip
+    want = _reference_loss(
+        logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), ref.tolist(), beta, 0.2, 0.28, loss_type, 8, 40.0
+    )
     assert got.item() == pytest.approx(want, rel=1e-5)
 
 

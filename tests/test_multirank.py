@@ -23,8 +23,21 @@ def four_scenes(tmp_path_factory) -> str:
 
 def _run(tmp_path: Path, policy: str, data: str, strategy: str, *extra: str) -> tuple[dict, str]:
     out = tmp_path / f"{strategy}.pt"
-    argv = [sys.executable, str(SCRIPT), "--policy", policy, "--data", data, "--strategy", strategy,
-            "--out", str(out), "--root", str(tmp_path), *extra]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(SCRIPT),
+        "--policy",
+        policy,
+        "--data",
+        data,
+        "--strategy",
+        strategy,
+        "--out",
+        str(out),
+        "--root",
+        str(tmp_path),
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_SERVICE", "LOCAL_RANK", "MASTER_"))}
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # a hang fails
     assert done.returncode == 0, done.stderr[-4000:]
@@ -36,8 +49,18 @@ def one_rank_update(tiny_models, four_scenes, tmp_path_factory) -> dict:
     """One rank, all 4 scenes in one batch and one micro-batch, plain SGD: the update the
     2-rank runs must reproduce."""
     tmp = tmp_path_factory.mktemp("single")
-    return _run(tmp, tiny_models["qwen2_5_vl"], four_scenes, "single", "--scripted", "--sgd", "--batch-size", "4",
-                "--micro-batch-size", "16")[0]  # fmt: skip
+    return _run(
+        tmp,
+        tiny_models["qwen2_5_vl"],
+        four_scenes,
+        "single",
+        "--scripted",
+        "--sgd",
+        "--batch-size",
+        "4",
+        "--micro-batch-size",
+        "16",
+    )[0]
 
 
 @pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
@@ -47,8 +70,9 @@ def test_two_ranks_make_the_same_update_as_one_rank(strategy, one_rank_update, t
     gradient and nothing rescales it away: dapo's global token count, gradient accumulation,
     the average over ranks and the k3 reference term must make the updates equal."""
     start = AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_5_vl"]).state_dict()
-    two_ranks, _ = _run(tmp_path, tiny_models["qwen2_5_vl"], four_scenes, strategy, "--scripted", "--sgd",
-                        "--batch-size", "2")  # fmt: skip
+    two_ranks, _ = _run(
+        tmp_path, tiny_models["qwen2_5_vl"], four_scenes, strategy, "--scripted", "--sgd", "--batch-size", "2"
+    )
     assert two_ranks.keys() == one_rank_update.keys()
     for k in start:
         moved = (one_rank_update[k] - start[k]).abs().max()
@@ -75,8 +99,17 @@ def test_sharded_grpo_with_uneven_captions_resumes_and_exports(tiny_models, four
     export = AutoModelForImageTextToText.from_pretrained(tmp_path / "export").state_dict()
     assert all(torch.equal(export[k], trained[k]) for k in trained)
 
-    resumed, log = _run(tmp_path, policy, four_scenes, "fsdp2", "--shard-reference", "--steps", "4",
-                        "--resume", str(tmp_path / "ckpt" / "last.ckpt"))  # fmt: skip
+    resumed, log = _run(
+        tmp_path,
+        policy,
+        four_scenes,
+        "fsdp2",
+        "--shard-reference",
+        "--steps",
+        "4",
+        "--resume",
+        str(tmp_path / "ckpt" / "last.ckpt"),
+    )
     assert "Restored all states from the checkpoint" in log
     assert len(json.loads((tmp_path / "fsdp2.pt.rank0.json").read_text())) == 1  # only rollout 4 ran
     assert any(not torch.equal(resumed[k], trained[k]) for k in trained)

@@ -191,8 +191,10 @@ def test_a_stage_follows_one_lane_of_its_group_not_two(tmp_path):
     f.write_text("run_dir: r\nstages:\n  - {name: a, fit: x.yaml, with_previous: true}\n")
     with pytest.raises(ValueError, match="first stage has no previous stage"):
         load_pipeline(f)
-    f.write_text("run_dir: r\nstages:\n  - {name: a, command: [x]}\n  - {name: b, command: [y], with_previous: true}\n"
-                 "  - {name: c, command: [z, '{a}', '{b}'], with_previous: true}\n")  # fmt: skip
+    f.write_text(
+        "run_dir: r\nstages:\n  - {name: a, command: [x]}\n  - {name: b, command: [y], with_previous: true}\n"
+        "  - {name: c, command: [z, '{a}', '{b}'], with_previous: true}\n"
+    )
     with pytest.raises(ValueError, match=r"\(c\): reads \['a', 'b'\], which run side by side"):
         load_pipeline(f)
 
@@ -207,11 +209,21 @@ def test_seed_progress_lines_and_a_time_limited_stage_reported(tmp_path, monkeyp
         if args[0] == "fit":
             root = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--trainer.default_root_dir=")))
             assert "--seed_everything=3" in args and "--trainer.callbacks+=lit_caprl.callbacks.ProgressFile" in args
-            progress = {"step": 3100, "total": 7000, "unit": "steps", "metric": "train/loss", "value": 0.41234,
-                        "elapsed_s": 10.0, "eta_s": 250.0}  # fmt: skip
+            progress = {
+                "step": 3100,
+                "total": 7000,
+                "unit": "steps",
+                "metric": "train/loss",
+                "value": 0.41234,
+                "elapsed_s": 10.0,
+                "eta_s": 250.0,
+            }
             (root / "progress.json").write_text(json.dumps(progress))
-            training = {"steps": 3100, "max_steps": 7000, "stopped_by": "time_limit" if root.name == "reader" else
-                        "steps"}  # fmt: skip
+            training = {
+                "steps": 3100,
+                "max_steps": 7000,
+                "stopped_by": "time_limit" if root.name == "reader" else "steps",
+            }
             (root / "export" / "lit_caprl.json").write_text(json.dumps({"training": training}))
             if threads:
                 time.sleep(0.5)  # long enough for a progress line

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lit_caprl import report
+from lit_caprl import report, report_files
 
 ROWS = {
     "sft": {"utility": 0.40, "best_of_n": None, "precision": 0.9, "recall": 0.5, "length": 10.0},
@@ -21,7 +21,7 @@ def test_gap_closed_hand_computed():
 
 def test_write_report_files_and_schema(tmp_path):
     tables = {"heldout": {"rows": ROWS, "images": []}}
-    md = report.write_report(tmp_path, tables, {"grpo": {"wall_s": 300.0}}, [(1, 0.2), (2, 0.3)])
+    md = report_files.write_report(tmp_path, tables, {"grpo": {"wall_s": 300.0}}, [(1, 0.2), (2, 0.3)])
     payload = json.loads((tmp_path / "report.json").read_text())
     table = payload["benchmarks"]["heldout"]
     assert set(table["rows"]) == {"sft", "grpo", "gold"} and payload["stages"]["grpo"]["wall_s"] == 300.0
@@ -31,12 +31,14 @@ def test_write_report_files_and_schema(tmp_path):
 
 
 def test_a_time_limited_stage_is_flagged_at_the_top():
-    stages = {"reader_sft": {"wall_s": 480.0, "steps": 5702, "max_steps": 7000, "stopped_by": "time_limit"},
-              "grpo": {"wall_s": 250.0, "steps": 800, "rollout_steps": 800, "stopped_by": "steps"}}  # fmt: skip
-    md = report.markdown({"heldout": {"rows": ROWS, "images": []}}, stages)
+    stages = {
+        "reader_sft": {"wall_s": 480.0, "steps": 5702, "max_steps": 7000, "stopped_by": "time_limit"},
+        "grpo": {"wall_s": 250.0, "steps": 800, "rollout_steps": 800, "stopped_by": "steps"},
+    }
+    md = report_files.markdown({"heldout": {"rows": ROWS, "images": []}}, stages)
     assert md.startswith("**WARNING: reader_sft was stopped by its time limit after 5,702 of 7,000 steps")
     assert "| reader_sft | 480 | 5,702 | time_limit |" in md and "| grpo | 250 | 800 | steps |" in md
-    assert "WARNING" not in report.markdown({"heldout": {"rows": ROWS, "images": []}}, {"grpo": stages["grpo"]})
+    assert "WARNING" not in report_files.markdown({"heldout": {"rows": ROWS, "images": []}}, {"grpo": stages["grpo"]})
 
 
 def test_report_is_logged_to_wandb_offline(tmp_path, monkeypatch):
@@ -44,9 +46,9 @@ def test_report_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     out = tmp_path / "report"
-    report.write_report(out, {"heldout": {"rows": ROWS, "images": []}}, {}, [])
+    report_files.write_report(out, {"heldout": {"rows": ROWS, "images": []}}, {}, [])
     try:
-        report.log_to_wandb(out, project="lit-caprl-test")
+        report_files.log_to_wandb(out, project="lit-caprl-test")
     finally:
         import wandb
 

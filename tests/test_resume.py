@@ -16,8 +16,21 @@ SCRIPT = Path(__file__).parent / "scripts" / "grpo_resume.py"
 def _run(tiny_models, data: str, root: Path, *extra: str) -> tuple[int, list[dict], str]:
     root.mkdir(parents=True, exist_ok=True)
     metrics = root / "metrics.jsonl"
-    argv = [sys.executable, str(SCRIPT), "--policy", tiny_models["qwen2_5_vl"], "--reader", tiny_models["qwen2"],
-            "--data", data, "--root", str(root), "--metrics", str(metrics), *extra]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(SCRIPT),
+        "--policy",
+        tiny_models["qwen2_5_vl"],
+        "--reader",
+        tiny_models["qwen2"],
+        "--data",
+        data,
+        "--root",
+        str(root),
+        "--metrics",
+        str(metrics),
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_SERVICE", "LOCAL_RANK", "MASTER_"))}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []

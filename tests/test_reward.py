@@ -262,8 +262,9 @@ def test_an_ideal_reader_earns_one_from_gold_captions_and_nothing_from_empty_one
     never the key), and a caption naming one object of a scene earns the share of drawn
     questions that object answers, counted here from the questions themselves."""
     monkeypatch.setattr(mcq, "option_logits", ideal_option_logits)
-    reward = CapRLQAReward(tiny_models["qwen2"], num_draws=8, score=score, rotations=rotations,
-                           answer_format=answer_format)  # fmt: skip
+    reward = CapRLQAReward(
+        tiny_models["qwen2"], num_draws=8, score=score, rotations=rotations, answer_format=answer_format
+    )
     tol = 1e-3 if score == "prob" else 0.0
     gold = reward([r.captions[0] for r in records], records, step=3).rewards
     assert gold.tolist() == pytest.approx([1.0] * len(records), abs=tol)
@@ -274,8 +275,10 @@ def test_an_ideal_reader_earns_one_from_gold_captions_and_nothing_from_empty_one
     for r, cap in zip(records, firsts, strict=True):
         named = shapes_qa.parse_caption(cap)
         asked = [q for q, _ in reward.draws(r, 3)]
-        want.append(sum(shapes_qa.answer_from_objects(q.question, list(q.options), named) == q.answer_text
-                        for q in asked) / len(asked))  # fmt: skip
+        want.append(
+            sum(shapes_qa.answer_from_objects(q.question, list(q.options), named) == q.answer_text for q in asked)
+            / len(asked)
+        )
     assert 0 < sum(want) < len(want)  # some questions need the other objects
     assert reward(firsts, records, step=3).rewards.tolist() == pytest.approx(want, abs=tol)
 
@@ -292,6 +295,9 @@ def test_a_reader_that_prefers_a_wrong_option_or_cannot_answer_earns_nothing(tin
     gold = [r.captions[0] for r in records]
     monkeypatch.setattr(mcq, "option_logits", wrong)
     assert reward(gold, records).rewards.tolist() == [0.0] * len(records)
-    monkeypatch.setattr(mcq, "option_logits", lambda a, texts, options, *x, **k: torch.tensor(
-        [[0.0] * (len(o) - 1) + [10.0] for o in options]))  # fmt: skip
+    monkeypatch.setattr(
+        mcq,
+        "option_logits",
+        lambda a, texts, options, *x, **k: torch.tensor([[0.0] * (len(o) - 1) + [10.0] for o in options]),
+    )
     assert reward(gold, records).rewards.tolist() == [0.0] * len(records)

@@ -44,8 +44,7 @@ def test_reference_metric_without_references_is_nan_not_zero():
 
 
 def test_combine_hand_computed_with_exclusion():
-    values = torch.tensor([[0.5, float("nan"), 1.0, float("nan")],
-                           [1.0, 0.2, float("inf"), float("nan")]])  # fmt: skip
+    values = torch.tensor([[0.5, float("nan"), 1.0, float("nan")], [1.0, 0.2, float("inf"), float("nan")]])
     weights = torch.tensor([2.0, 1.0])
     rewards, excluded = combine(values, weights)
     # sample 0: 2*0.5 + 1*1.0 = 2.0; sample 1: only term 2 -> 1*0.2 * (3/1) = 0.6;
@@ -75,10 +74,17 @@ def _tiny_classifier(out, num_labels: int, labels: tuple[str, ...] = ()):
 
     tok = build_tokenizer("qwen2")
     cfg = Qwen2Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, num_labels=num_labels, pad_token_id=tok.pad_token_id,
-        id2label=dict(enumerate(labels)) if labels else None, label2id={v: i for i, v in enumerate(labels)} or None,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=num_labels,
+        pad_token_id=tok.pad_token_id,
+        id2label=dict(enumerate(labels)) if labels else None,
+        label2id={v: i for i, v in enumerate(labels)} or None,
+    )
     torch.manual_seed(0)
     return Qwen2ForSequenceClassification(cfg), tok
 
@@ -170,12 +176,26 @@ def test_clip_similarity_prefers_the_image_own_caption(shapes_root, tmp_path):
     tok.padding_side = "right"
     tok._tokenizer.post_processor = TemplateProcessing(single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", 0)])
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=64, eos_token_id=0, pad_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=shapes.IMAGE_SIZE, patch_size=shapes.CELL),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            eos_token_id=0,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=shapes.IMAGE_SIZE,
+            patch_size=shapes.CELL,
+        ),
         projection_dim=32,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = CLIPModel(cfg)
     side = {"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE}
@@ -186,8 +206,12 @@ def test_clip_similarity_prefers_the_image_own_caption(shapes_root, tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(150):
         idx = torch.randperm(len(train))[:32]
-        out = model(input_ids=text["input_ids"][idx], attention_mask=text["attention_mask"][idx],
-                    pixel_values=pixels[idx], return_loss=True)  # fmt: skip
+        out = model(
+            input_ids=text["input_ids"][idx],
+            attention_mask=text["attention_mask"][idx],
+            pixel_values=pixels[idx],
+            return_loss=True,
+        )
         opt.zero_grad()
         out.loss.backward()
         opt.step()

@@ -7,8 +7,12 @@ from PIL import Image
 from lit_caprl.cli import main
 from lit_caprl.data.schema import DataError, load_records, scan
 
-GOOD = {"id": "a", "image": "img.png", "captions": ["top big red circle ."],
-        "questions": [{"question": "what color ?", "options": ["red", "blue"], "answer": "A"}]}  # fmt: skip
+GOOD = {
+    "id": "a",
+    "image": "img.png",
+    "captions": ["top big red circle ."],
+    "questions": [{"question": "what color ?", "options": ["red", "blue"], "answer": "A"}],
+}
 
 
 def _write(tmp_path: Path, lines: list[str]) -> Path:

@@ -28,10 +28,18 @@ class LossHistory(L.Callback):
 
 def _fit(module, data, steps: int, tmp_path: Path, callbacks=()) -> L.Trainer:
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        default_root_dir=tmp_path, callbacks=list(callbacks),
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
     trainer.fit(module, datamodule=data)
     return trainer
 
@@ -99,9 +107,18 @@ def test_an_export_says_when_its_time_limit_stopped_training(tiny_models, shapes
             time.sleep(0.6)
 
     out = tmp_path / "export"
-    trainer = L.Trainer(accelerator="cpu", max_steps=1000, max_time={"seconds": 1}, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, default_root_dir=tmp_path, callbacks=[Slow(), HFExport(str(out))])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1000,
+        max_time={"seconds": 1},
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[Slow(), HFExport(str(out))],
+    )
     trainer.fit(SFTStage(tiny_models["qwen2"]), datamodule=ShapesReaderData(shapes_root, batch_size=4))
     training = json.loads((out / mcq.EXPORT_RECORD).read_text())["training"]
     assert training["stopped_by"] == "time_limit" and 1 <= training["steps"] < 1000

@@ -86,8 +86,10 @@ def test_reader_examples_label_omitted_objects_cannot_answer(shapes_root, answer
 def test_reader_data_trains_on_a_share_of_empty_captions_and_validates_on_all(shapes_root):
     data = ShapesReaderData(shapes_root, answer_format="cloze", empty_captions=0.25)
     data.setup("fit")
-    n_questions = {split: sum(len(r.questions) for r in load_records(Path(shapes_root) / f"{split}.jsonl")[0])
-                   for split in ("train", "val")}  # fmt: skip
+    n_questions = {
+        split: sum(len(r.questions) for r in load_records(Path(shapes_root) / f"{split}.jsonl")[0])
+        for split in ("train", "val")
+    }
 
     def empty(ds) -> int:
         return sum("caption :  question :" in ds[i]["prompt"] for i in range(len(ds)))

@@ -23,8 +23,12 @@ def agent_command(sweep: dict) -> list[str]:
         args.append(f"--{key}={value}")
     out = []
     for part in sweep["command"]:
-        out += {"${env}": [], "${interpreter}": [sys.executable], "${program}": [sweep["program"]],
-                "${args}": args}.get(part, [part])  # fmt: skip
+        out += {
+            "${env}": [],
+            "${interpreter}": [sys.executable],
+            "${program}": [sweep["program"]],
+            "${args}": args,
+        }.get(part, [part])
     return out
 
 
@@ -57,8 +61,13 @@ def test_agent_command_runs_offline_and_logs_metric_and_samples(name, tiny_model
     argv.append(f"--model.init_args.model={policy}")
     if name == "grpo":
         reader = f"--model.init_args.reward.init_args.terms.qa.init_args.reader={tiny_models['qwen2']}"
-        argv += [f"--model.init_args.init_from={policy}", reader, "--model.init_args.max_new_tokens=8",
-                 "--data.init_args.batch_size=2", "--trainer.max_epochs=1"]  # fmt: skip
+        argv += [
+            f"--model.init_args.init_from={policy}",
+            reader,
+            "--model.init_args.max_new_tokens=8",
+            "--data.init_args.batch_size=2",
+            "--trainer.max_epochs=1",
+        ]
     else:
         argv += ["--data.init_args.batch_size=4", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # no service of this process

@@ -72,8 +72,10 @@ class HFExport(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = pl_module.adapter.model
         if isinstance(model, PeftModel) and self.merge_lora and is_sharded(model):
-            raise ValueError("HFExport: merging LoRA into an FSDP2-sharded policy is not supported; "
-                             "set merge_lora: false to export the adapters (init_from accepts them)")  # fmt: skip
+            raise ValueError(
+                "HFExport: merging LoRA into an FSDP2-sharded policy is not supported; "
+                "set merge_lora: false to export the adapters (init_from accepts them)"
+            )
         state = full_state_dict(model)
         if trainer.is_global_zero:
             if isinstance(model, PeftModel) and self.merge_lora:

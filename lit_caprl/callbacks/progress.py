@@ -41,9 +41,15 @@ class ProgressFile(L.Callback):
             step, total, unit = trainer.global_step, trainer.max_steps, "steps"
         metric = next((k for k in ("train/reward", "train/loss") if k in trainer.callback_metrics), None)
         elapsed, total = now - self.start, total if total and total > 0 else None
-        state = {"step": step, "total": total, "unit": unit, "metric": metric,
-                 "value": float(trainer.callback_metrics[metric]) if metric else None, "elapsed_s": round(elapsed, 1),
-                 "eta_s": round(elapsed / step * (total - step), 1) if step and total else None}  # fmt: skip
+        state = {
+            "step": step,
+            "total": total,
+            "unit": unit,
+            "metric": metric,
+            "value": float(trainer.callback_metrics[metric]) if metric else None,
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": round(elapsed / step * (total - step), 1) if step and total else None,
+        }
         path = Path(self.path or Path(trainer.default_root_dir) / "progress.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")

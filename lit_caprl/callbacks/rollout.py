@@ -68,6 +68,14 @@ class RolloutCallback(L.Callback):
         """The rollout of `batch` under the module's policy and reward (the place to extend)."""
         refill = module.trainer.datamodule.train_set if self.dynamic_sampling else None
         return collect(
-            module.adapter, module.reward, batch, module.rollout_config, module.rollout_step, module.global_rank,
-            module.device, self.engine, refill, self.max_refill_rounds,
-        )  # fmt: skip
+            module.adapter,
+            module.reward,
+            batch,
+            module.rollout_config,
+            module.rollout_step,
+            module.global_rank,
+            module.device,
+            self.engine,
+            refill,
+            self.max_refill_rounds,
+        )

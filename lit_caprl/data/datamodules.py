@@ -65,9 +65,14 @@ class _Data(L.LightningDataModule):
         shuffling generator is seeded from the run's seed (`seed_everything`)."""
         generator = torch.Generator().manual_seed(torch.initial_seed()) if shuffle else None
         return StatefulDataLoader(
-            ds, batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate,
-            num_workers=self.num_workers, drop_last=shuffle, generator=generator,
-        )  # fmt: skip
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            drop_last=shuffle,
+            generator=generator,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
@@ -162,8 +167,11 @@ class PromptData(_FileData):
     def _with_questions(self, path: str) -> list[Record]:
         """RL needs questions: the reward asks them. A record without any is a bad record."""
         records = self.reader.load(path)
-        bare = [f"{r.source}: questions: record {r.id!r} has none; the reward needs some" for r in records
-                if not r.questions]  # fmt: skip
+        bare = [
+            f"{r.source}: questions: record {r.id!r} has none; the reward needs some"
+            for r in records
+            if not r.questions
+        ]
         if bare and (self.reader.on_bad_record == "error" or len(bare) == len(records)):
             raise ValueError("\n".join(bare))
         self.reader.skip(bare)
@@ -213,8 +221,13 @@ class PairData(_FileData):
         return ListDataset(records, self._example)
 
     def _example(self, record: Record) -> dict:
-        return {"id": record.id, "image": record.load_image(), "prompt": self.prompt,
-                "chosen": record.chosen, "rejected": record.rejected}  # fmt: skip
+        return {
+            "id": record.id,
+            "image": record.load_image(),
+            "prompt": self.prompt,
+            "chosen": record.chosen,
+            "rejected": record.rejected,
+        }
 
     def setup(self, stage: str | None = None) -> None:
         self.sets(self._pairs)

@@ -121,8 +121,11 @@ def mcq_from_dict(item: dict, where: str) -> dict:
     options = strip_labels(choices)
     if len(set(options)) != len(options):
         raise BadRow(f"{where}.choices", f"duplicate choices {options}")
-    return {"question": question.strip(), "options": options, "answer": answer_letter(item.get("answer"), options,
-            where)}  # fmt: skip
+    return {
+        "question": question.strip(),
+        "options": options,
+        "answer": answer_letter(item.get("answer"), options, where),
+    }
 
 
 def mcq_from_pair(item: list, where: str) -> dict:
@@ -230,8 +233,12 @@ def convert(row: object, fmt: Format, base: Path) -> Converted:
         if rid is None and image.path is not None:
             rid = image.path.with_suffix("").name
         kept = ("prompt", "answer", "index", "category", "l2-category", "split", "source")
-        return Converted(None if rid is None else str(rid), image, [question],
-                         meta={"source": {"questions": [_source_meta(row, kept)]}})  # fmt: skip
+        return Converted(
+            None if rid is None else str(rid),
+            image,
+            [question],
+            meta={"source": {"questions": [_source_meta(row, kept)]}},
+        )
     raise ValueError(f"unknown format {fmt!r}; one of {FORMATS}")
 
 
@@ -244,8 +251,11 @@ def _captions(row: dict) -> list[str]:
         chat = row.get("conversations", row.get("messages"))
         caps = []
         if isinstance(chat, list):
-            said = [m.get("value", m.get("content")) for m in chat if isinstance(m, dict)
-                    and m.get("from", m.get("role")) in ("gpt", "assistant")]  # fmt: skip
+            said = [
+                m.get("value", m.get("content"))
+                for m in chat
+                if isinstance(m, dict) and m.get("from", m.get("role")) in ("gpt", "assistant")
+            ]
             caps = said[-1:]
     if not all(isinstance(c, str) and c.strip() for c in caps):
         raise BadRow("captions", "every caption must be a non-empty string")

@@ -94,10 +94,15 @@ def import_data(
         if counts["train"] + counts["val"] == 0:
             raise DataError(bad or [Problem(files[0], 0, "file", "contains no rows")])
         report = {
-            "source": str(source), "format": fmt, "image_root": None if image_root is None else str(image_root),
-            "val_fraction": val_fraction, "records": counts["train"] + counts["val"], **counts,
-            "skipped": len(bad), "skipped_rows": [str(p) for p in bad],
-        }  # fmt: skip
+            "source": str(source),
+            "format": fmt,
+            "image_root": None if image_root is None else str(image_root),
+            "val_fraction": val_fraction,
+            "records": counts["train"] + counts["val"],
+            **counts,
+            "skipped": len(bad),
+            "skipped_rows": [str(p) for p in bad],
+        }
         (tmp / "import.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     return report
 
@@ -120,8 +125,13 @@ def _record(conv: Converted, out: Path, fmt: str, grouped: dict, where: dict, at
     where[rid] = at
     rel = f"images/{_file_name(rid)}.{ext}"
     (out / rel).write_bytes(data)
-    row = {"id": rid, "image": rel, "questions": conv.questions, "captions": conv.captions,
-           "meta": conv.meta | {"imported_from": at}}  # fmt: skip
+    row = {
+        "id": rid,
+        "image": rel,
+        "questions": conv.questions,
+        "captions": conv.captions,
+        "meta": conv.meta | {"imported_from": at},
+    }
     if fmt == "prism":
         grouped[rid] = row
         return None
@@ -147,8 +157,9 @@ def cached_import(
     (`$LIT_CAPRL_CACHE`, default `~/.cache/lit_caprl`) and reused while the inputs are
     unchanged (same paths, sizes and modification times), like the datasets library's cache."""
     files = input_files(source)
-    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else (str(f), 0, 0)
-             for f in files]  # a Hub id: keyed by its name (the datasets library caches its files)
+    stamp = [
+        (str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else (str(f), 0, 0) for f in files
+    ]  # a Hub id: keyed by its name (the datasets library caches its files)
     key = json.dumps([IMPORT_VERSION, fmt, stamp, str(image_root), skip_bad])
     name = Path(str(source).rstrip("/*")).stem
     out = cache_root() / "imports" / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"

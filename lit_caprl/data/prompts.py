@@ -69,10 +69,14 @@ def reader_question(
     shown = listing(shown_options(options, answer_format), answer_format)
     if answer_format == "caprl":
         if len(options) + 1 > CAPRL_MAX_OPTIONS:
-            raise ValueError(f"the caprl format asks at most {CAPRL_MAX_OPTIONS - 1} options (A-I with "
-                             f"'cannot answer'); question {question!r} has {len(options)}")  # fmt: skip
-        return (f"{CAPRL_INSTRUCTION}\n\n{CAPRL_EXAMPLES}\n\nNow the real one.\n<caption>\n{caption}\n</caption>\n"
-                f"Question: {question}\n{shown}")  # fmt: skip
+            raise ValueError(
+                f"the caprl format asks at most {CAPRL_MAX_OPTIONS - 1} options (A-I with "
+                f"'cannot answer'); question {question!r} has {len(options)}"
+            )
+        return (
+            f"{CAPRL_INSTRUCTION}\n\n{CAPRL_EXAMPLES}\n\nNow the real one.\n<caption>\n{caption}\n</caption>\n"
+            f"Question: {question}\n{shown}"
+        )
     return f"{INSTRUCTION} caption : {caption} question : {question} options : {shown} ."
 
 

@@ -22,7 +22,6 @@ class BadRow(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?")
 
 

@@ -84,8 +84,13 @@ class Record:
     def to_json(self, image: str) -> dict:
         """The record as a JSONL row, its image at `image` (relative to the row's file): the one
         serializer for derived data sets (mined pairs, curated questions)."""
-        row = {"id": self.id, "image": image, "questions": [q.to_json() for q in self.questions],
-               "captions": list(self.captions), "meta": self.meta}  # fmt: skip
+        row = {
+            "id": self.id,
+            "image": image,
+            "questions": [q.to_json() for q in self.questions],
+            "captions": list(self.captions),
+            "meta": self.meta,
+        }
         if self.chosen is not None:
             row |= {"chosen": self.chosen, "rejected": self.rejected}
         return row
@@ -179,9 +184,15 @@ def _to_record(obj: dict, root: Path, source: str) -> Record:
     questions = obj.get("questions", [])
     qs = tuple(MCQ(q["question"], tuple(q["options"]), q["answer"], q.get("type", "")) for q in questions)
     return Record(
-        obj["id"], (root / obj["image"]).resolve(), qs, tuple(obj.get("captions", [])), obj.get("meta", {}), source,
-        obj.get("chosen"), obj.get("rejected"),
-    )  # fmt: skip
+        obj["id"],
+        (root / obj["image"]).resolve(),
+        qs,
+        tuple(obj.get("captions", [])),
+        obj.get("meta", {}),
+        source,
+        obj.get("chosen"),
+        obj.get("rejected"),
+    )
 
 
 def scan(path: str | Path) -> tuple[list[Record], list[Problem]]:

@@ -25,10 +25,16 @@ SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = {"red": (220, 40, 40), "green": (30, 170, 60), "blue": (40, 80, 230), "yellow": (235, 200, 20)}
 SIZES = ("small", "big")
 POSITIONS = (
-    "top-left", "top", "top-right",
-    "left", "center", "right",
-    "bottom-left", "bottom", "bottom-right",
-)  # fmt: skip
+    "top-left",
+    "top",
+    "top-right",
+    "left",
+    "center",
+    "right",
+    "bottom-left",
+    "bottom",
+    "bottom-right",
+)
 GRID = 3
 CELL = 28
 IMAGE_SIZE = GRID * CELL

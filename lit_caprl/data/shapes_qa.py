@@ -100,14 +100,16 @@ def reader_examples(
                 value = answer_from_objects(q.question, options, claimed)
                 shown = prompts.shown_options(options, answer_format)
                 correct = options.index(value) if value is not None else len(options)
-                out.append({
-                    "image": None,
-                    "prompt": prompts.reader_question(cap, q.question, options, answer_format),
-                    "prefill": prompts.answer_prefix(answer_format),
-                    "target": mcq.answer_text(shown, correct, answer_format),
-                    "options": shown,
-                    "correct": correct,
-                })  # fmt: skip
+                out.append(
+                    {
+                        "image": None,
+                        "prompt": prompts.reader_question(cap, q.question, options, answer_format),
+                        "prefill": prompts.answer_prefix(answer_format),
+                        "target": mcq.answer_text(shown, correct, answer_format),
+                        "options": shown,
+                        "correct": correct,
+                    }
+                )
     return out
 
 

@@ -89,45 +89,6 @@ class VLMAdapter:
             for row, n in zip(completions.ids, completions.lengths, strict=True)
         ]
 
-    # ---- per-sample image tensors ----------------------------------------------------------
-    def select(self, batch: PromptBatch, index: Tensor) -> PromptBatch:
-        """Rows `index` of a batch (repeats allowed), slicing the flattened Qwen-VL patches per sample."""
-        pixels = batch.pixel_values
-        if pixels is not None and batch.image_grid_thw is not None:
-            counts = batch.image_grid_thw.prod(-1)
-            per_sample = torch.split(pixels, counts.tolist())
-            pixels = torch.cat([per_sample[i] for i in index.tolist()])
-        elif pixels is not None:
-            pixels = pixels[index]
-        return PromptBatch(
-            batch.input_ids[index],
-            batch.attention_mask[index],
-            pixels,
-            None if batch.image_grid_thw is None else batch.image_grid_thw[index],
-            None if batch.mm_token_type_ids is None else batch.mm_token_type_ids[index],
-        )
-
-    def concat(self, batches: list[PromptBatch]) -> PromptBatch:
-        """The rows of several batches in order, left-padded again to the longest prompt."""
-        width = max(b.input_ids.shape[1] for b in batches)
-
-        def cat(name: str, value: int = 0) -> Tensor | None:
-            parts = [getattr(b, name) for b in batches]
-            if parts[0] is None:
-                return None
-            if name in ("input_ids", "attention_mask", "mm_token_type_ids"):
-                parts = [F.pad(t, (width - t.shape[1], 0), value=value) for t in parts]
-            return torch.cat(parts)  # Qwen-VL's flattened patches and LLaVA's images both stack on dim 0
-
-        return PromptBatch(cat("input_ids", self.tokenizer.pad_token_id), cat("attention_mask"),
-                           cat("pixel_values"), cat("image_grid_thw"), cat("mm_token_type_ids"))  # fmt: skip
-
-    def concat_completions(self, parts: list[Completions]) -> Completions:
-        width = max(c.ids.shape[1] for c in parts)
-        ids = torch.cat([F.pad(c.ids, (0, width - c.ids.shape[1]), value=self.tokenizer.pad_token_id) for c in parts])
-        mask = torch.cat([F.pad(c.mask, (0, width - c.mask.shape[1])) for c in parts])
-        return Completions(ids, mask, torch.cat([c.truncated for c in parts]))
-
     # ---- forward passes ------------------------------------------------------------------
     def _forward_kwargs(self, batch: PromptBatch, extra: Tensor, extra_mask: Tensor) -> dict:
         input_ids = torch.cat([batch.input_ids, extra], dim=1)
@@ -171,7 +132,7 @@ class VLMAdapter:
         n = len(batch)
         if n % group:
             raise ValueError(f"{n} rows do not form whole groups of {group}")
-        unique = self.select(batch, torch.arange(0, n, group, device=batch.input_ids.device))
+        unique = batch.select(torch.arange(0, n, group, device=batch.input_ids.device))
         return unique, self._forward_kwargs(unique, unique.input_ids[:, :0], unique.attention_mask[:, :0])
 
     def _shared_prompt_logits(self, batch: PromptBatch, completions: Completions, group: int) -> Tensor:
@@ -181,9 +142,11 @@ class VLMAdapter:
         unique, prompt = self._distinct_prompts(batch, group)
         if self.mrope:  # text after the prompt continues from its last (3-D) position, on all axes
             positions, _ = self.base.model.get_rope_index(
-                prompt["input_ids"], mm_token_type_ids=prompt.get("mm_token_type_ids"),
-                image_grid_thw=prompt["image_grid_thw"], attention_mask=prompt["attention_mask"],
-            )  # fmt: skip
+                prompt["input_ids"],
+                mm_token_type_ids=prompt.get("mm_token_type_ids"),
+                image_grid_thw=prompt["image_grid_thw"],
+                attention_mask=prompt["attention_mask"],
+            )
             prompt["position_ids"] = positions
             after = positions[..., -1:].repeat_interleave(group, dim=-2)
             completion_positions = after + 1 + torch.arange(length, device=after.device)
@@ -197,10 +160,14 @@ class VLMAdapter:
         width = unique.input_ids.shape[1]
         mask = torch.cat([unique.attention_mask.repeat_interleave(group, dim=0), completions.mask], dim=1)
         rest = self.model(
-            input_ids=completions.ids, attention_mask=mask, position_ids=completion_positions,
-            cache=cache, use_cache=True, logits_to_keep=length,
+            input_ids=completions.ids,
+            attention_mask=mask,
+            position_ids=completion_positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=length,
             cache_position=torch.arange(width, width + length, device=mask.device),
-        ).logits  # fmt: skip
+        ).logits
         first = out.logits[:, -1:].repeat_interleave(group, dim=0)
         return torch.cat([first, rest[:, :-1]], dim=1).float()
 

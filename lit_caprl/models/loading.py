@@ -139,8 +139,9 @@ def load_policy(
         wrapped = PeftModel.from_pretrained(adapter.model, init_from, is_trainable=True)
         return _finish(VLMAdapter(wrapped, adapter.processor), None, gradient_checkpointing)
     if init_from is None or Path(init_from).is_dir():
-        return _finish(load_model(init_from or model, dtype, trust_remote_code, quantize=quantize), lora,
-                       gradient_checkpointing)  # fmt: skip
+        return _finish(
+            load_model(init_from or model, dtype, trust_remote_code, quantize=quantize), lora, gradient_checkpointing
+        )
     ckpt = Path(init_from)
     if not ckpt.is_file():
         raise MissingPath(f"init_from {init_from!r} is neither an export directory nor a checkpoint file")

@@ -25,5 +25,3 @@ def resolve(name_or_path: str) -> str:
         f"model directory {name_or_path!r} does not exist (resolved to {path.resolve()}); "
         "build one with `lit-caprl make-tiny` or give a Hub id like Qwen/Qwen2.5-VL-3B-Instruct"
     )
-
-

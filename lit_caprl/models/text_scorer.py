@@ -39,10 +39,14 @@ def extend(
     full = mask if past is None else torch.cat([past.mask, mask], dim=1)
     offset = 0 if past is None else past.mask.shape[1]
     out = model(
-        input_ids=ids, attention_mask=full, position_ids=start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0),
-        cache=None if past is None else past.kv, use_cache=True, logits_to_keep=1,
+        input_ids=ids,
+        attention_mask=full,
+        position_ids=start[:, None] + (mask.long().cumsum(-1) - 1).clamp(min=0),
+        cache=None if past is None else past.kv,
+        use_cache=True,
+        logits_to_keep=1,
         cache_position=torch.arange(offset, offset + ids.shape[1], device=ids.device),
-    )  # fmt: skip
+    )
     return out.logits[:, -1].float(), TextCache(out.cache, full, start + mask.sum(-1))
 
 
@@ -68,10 +72,14 @@ def branch_logprobs(model: torch.nn.Module, ids: Tensor, mask: Tensor, past: Tex
     additive = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
     offset, positions = past.mask.shape[1], past.next_position[:, None] + step
     logits = model(
-        input_ids=tokens, attention_mask=additive.to(model.dtype), position_ids=positions,
-        cache=past.kv, use_cache=True, logits_to_keep=width,
+        input_ids=tokens,
+        attention_mask=additive.to(model.dtype),
+        position_ids=positions,
+        cache=past.kv,
+        use_cache=True,
+        logits_to_keep=width,
         cache_position=torch.arange(offset, offset + width, device=device),
-    ).logits.float()  # fmt: skip
+    ).logits.float()
     # A branch's first token follows the row itself; every later one, the token packed before it.
     before = torch.cat([last[:, None], logits[:, :-1]], dim=1)
     before = torch.where((step == 0)[..., None], last[:, None], before)

@@ -24,9 +24,16 @@ Family = Literal["qwen2_5_vl", "llava", "qwen2"]
 Size = Literal["tiny", "mini", "small"]
 
 SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|image_pad|>", "<|video_pad|>", "<image>", "[UNK]",
-]  # fmt: skip
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<image>",
+    "[UNK]",
+]
 
 # Qwen-style chat template; content may be a string or a list of {"type": "image"|"text"} parts.
 _CHAT_TEMPLATE = (

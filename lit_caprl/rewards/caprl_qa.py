@@ -113,8 +113,7 @@ class CapRLQAReward(FrozenReward):
                 orders = mcq.cyclic_orders(order) if (self.rotations and self.mode == "logprob") else [order]
                 for rotated in orders:
                     options = [q.options[j] for j in rotated]
-                    text, options_shown = mcq.reader_prompt(self.adapter, cap, q.question, options,
-                                                            self.answer_format)  # fmt: skip
+                    text, options_shown = mcq.reader_prompt(self.adapter, cap, q.question, options, self.answer_format)
                     texts.append(text)
                     shown.append(options_shown)
                     correct.append(rotated.index(LETTERS.index(q.answer)))

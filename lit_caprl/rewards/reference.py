@@ -32,7 +32,9 @@ class ReferenceMetric(FrozenReward):
         return float(rouge_score(caption, refs, rouge_keys="rougeL")["rougeL_fmeasure"])
 
     def forward(self, captions: list[str], records: list[Record], step: int = 0) -> RewardOutput:
-        scores = [self._score(c, list(r.captions)) if r.captions else float("nan")
-                  for c, r in zip(captions, records, strict=True)]  # fmt: skip
+        scores = [
+            self._score(c, list(r.captions)) if r.captions else float("nan")
+            for c, r in zip(captions, records, strict=True)
+        ]
         rewards = torch.tensor(scores)
         return RewardOutput(rewards, {self.name: rewards})

@@ -61,7 +61,7 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         n = len(batch["chosen"])
         texts = [self.adapter.chat(p, with_image=True) for p in batch["prompt"]]
         prompts = self.adapter.encode_prompts(texts, batch["image"]).to(self.device)
-        prompts = self.adapter.select(prompts, torch.arange(n, device=self.device).repeat(2))
+        prompts = prompts.select(torch.arange(n, device=self.device).repeat(2))
         comps = self.adapter.encode_completions(batch["chosen"] + batch["rejected"]).to(self.device)
         logp = adapter.completion_logprobs(prompts, comps)
         mask = comps.mask.to(logp.dtype)

@@ -154,10 +154,17 @@ class GRPOStage(PolicyStage, L.LightningModule):
             w = logp.shape[1]
             m = mask[idx, :w]
             loss, metrics = losses.grpo_loss(
-                logp, logp.detach() if old is None else old[idx, :w], ro.advantages[idx], m,
-                None if ref is None else ref[idx, :w], self.hparams.beta, self.hparams.epsilon_low,
-                self.hparams.epsilon_high, self.hparams.loss_type, divisor,
-            )  # fmt: skip
+                logp,
+                logp.detach() if old is None else old[idx, :w],
+                ro.advantages[idx],
+                m,
+                None if ref is None else ref[idx, :w],
+                self.hparams.beta,
+                self.hparams.epsilon_low,
+                self.hparams.epsilon_high,
+                self.hparams.loss_type,
+                divisor,
+            )
             self.accumulate(loss * weight, last=i == len(chunks) - 1)
             if weight:
                 stats["loss"].append(loss.detach())
@@ -203,7 +210,7 @@ class GRPOStage(PolicyStage, L.LightningModule):
         gradient checkpointing, which drops the KV cache the sharing needs)."""
         checkpointing = adapter.base.is_activation_checkpointing and torch.is_grad_enabled()
         group = 1 if checkpointing else self.hparams.num_generations
-        prompts, completions = adapter.select(ro.prompts, idx), ro.completions.select(idx, trim=True)
+        prompts, completions = ro.prompts.select(idx), ro.completions.select(idx, trim=True)
         return adapter.completion_logprobs(prompts, completions, self.hparams.temperature, group=group)
 
     def configure_model(self) -> None:
@@ -234,4 +241,3 @@ class GRPOStage(PolicyStage, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.rollout_step = checkpoint.get("rollout_step", 0)
-

@@ -45,7 +45,7 @@ class ScriptedRollouts(RolloutCallback):
             texts += [" ".join((r.captions[0].split() * 10)[: 2 + 3 * j + 2 * n * n]) for j in range(g)]
         adapter = module.adapter
         prompts = adapter.encode_prompts([adapter.chat(p, with_image=True) for p in batch["prompt"]], batch["image"])
-        prompts = adapter.select(prompts.to(module.device), torch.arange(len(records)).repeat_interleave(g))
+        prompts = prompts.to(module.device).select(torch.arange(len(records)).repeat_interleave(g))
         completions = adapter.encode_completions(texts).to(module.device)
         scored = module.reward(texts, [r for r in records for _ in range(g)])
         ro = Rollout(records, prompts, completions, texts, scored.rewards, dict(scored.terms))
@@ -91,9 +91,18 @@ def main() -> None:
         "fsdp2": AtomicModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
     }[a.strategy]
     module = GRPOStage(
-        a.policy, WordCount(), num_generations=4, max_new_tokens=12 if a.scripted else 24, beta=0.04, mu=2,
-        loss_type="dapo", micro_batch_size=a.micro_batch_size, shard_reference=a.shard_reference,
-        max_rollout_steps=a.steps, optim=Optim(lr=1e-3, max_grad_norm=0.0 if a.sgd else 1.0))  # fmt: skip
+        a.policy,
+        WordCount(),
+        num_generations=4,
+        max_new_tokens=12 if a.scripted else 24,
+        beta=0.04,
+        mu=2,
+        loss_type="dapo",
+        micro_batch_size=a.micro_batch_size,
+        shard_reference=a.shard_reference,
+        max_rollout_steps=a.steps,
+        optim=Optim(lr=1e-3, max_grad_norm=0.0 if a.sgd else 1.0),
+    )
     if a.sgd:
 
         def sgd() -> dict:
@@ -106,10 +115,19 @@ def main() -> None:
     rollouts = ScriptedRollouts() if a.scripted else RecordedRollouts()
     checkpoints = ModelCheckpoint(dirpath=f"{a.root}/ckpt", save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_epochs=100, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        default_root_dir=a.root, callbacks=[rollouts, checkpoints, HFExport()], use_distributed_sampler=True,
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_epochs=100,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=a.root,
+        callbacks=[rollouts, checkpoints, HFExport()],
+        use_distributed_sampler=True,
+    )
     trainer.fit(module, datamodule=ShapesPromptData(a.data, batch_size=a.batch_size), ckpt_path=a.resume)
     if not a.scripted:
         Path(f"{a.out}.rank{trainer.global_rank}.json").write_text(json.dumps(rollouts.seen))

@@ -42,8 +42,13 @@ class Record(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         m = trainer.callback_metrics
-        row = {"step": module.rollout_step, "reward": float(m["train/reward"]), "loss": float(m["train/loss"]),
-               "ids": [r.id for r in batch["rollout"].records], "level": int(m["curriculum/level"])}  # fmt: skip
+        row = {
+            "step": module.rollout_step,
+            "reward": float(m["train/reward"]),
+            "loss": float(m["train/loss"]),
+            "ids": [r.id for r in batch["rollout"].records],
+            "level": int(m["curriculum/level"]),
+        }
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -65,15 +70,35 @@ def main() -> None:
     a = p.parse_args()
     L.seed_everything(0)
     reward = CompositeReward({"qa": CapRLQAReward(a.reader, num_draws=2), "jitter": Jitter()})
-    module = GRPOStage(a.policy, reward, num_generations=4, max_new_tokens=8, beta=0.04, mu=2,
-                       micro_batch_size=4, max_rollout_steps=a.steps, optim=Optim(lr=1e-3))  # fmt: skip
+    module = GRPOStage(
+        a.policy,
+        reward,
+        num_generations=4,
+        max_new_tokens=8,
+        beta=0.04,
+        mu=2,
+        micro_batch_size=4,
+        max_rollout_steps=a.steps,
+        optim=Optim(lr=1e-3),
+    )
     checkpoints = ModelCheckpoint(dirpath=f"{a.root}/ckpt", save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=100, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=a.root,
-        callbacks=[RolloutCallback(), CurriculumCallback(levels=[1, 2, 3], milestones=[2, 4]), checkpoints,
-                   Record(a.metrics, a.kill_at)],
-    )  # fmt: skip
+        accelerator="cpu",
+        devices=1,
+        max_epochs=100,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=a.root,
+        callbacks=[
+            RolloutCallback(),
+            CurriculumCallback(levels=[1, 2, 3], milestones=[2, 4]),
+            checkpoints,
+            Record(a.metrics, a.kill_at),
+        ],
+    )
     trainer.fit(module, datamodule=ShapesPromptData(a.data, batch_size=2), ckpt_path=a.resume)
 
 

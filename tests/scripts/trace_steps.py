@@ -43,10 +43,18 @@ class Recorder(L.Callback):
 
 def _trainer(root: Path, callbacks: list, max_steps: int) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=root,
         callbacks=callbacks,
-    )  # fmt: skip
+    )
 
 
 def record(root: Path) -> dict[str, list[dict]]:
@@ -57,9 +65,18 @@ def record(root: Path) -> dict[str, list[dict]]:
     for loss_type in LOSS_TYPES:
         L.seed_everything(0)
         reward = CapRLQAReward(models["qwen2"], num_draws=2)
-        module = GRPOStage(models["qwen2_5_vl"], reward, num_generations=4, max_new_tokens=16, beta=0.04, mu=2,
-                           micro_batch_size=4, loss_type=loss_type, max_rollout_steps=3,
-                           optim=Optim(lr=1e-2))  # fmt: skip
+        module = GRPOStage(
+            models["qwen2_5_vl"],
+            reward,
+            num_generations=4,
+            max_new_tokens=16,
+            beta=0.04,
+            mu=2,
+            micro_batch_size=4,
+            loss_type=loss_type,
+            max_rollout_steps=3,
+            optim=Optim(lr=1e-2),
+        )
         rec = Recorder()
         _trainer(root, [RolloutCallback(), RewardLoggingCallback(), rec], -1).fit(
             module, datamodule=ShapesPromptData(data, batch_size=2)
@@ -67,11 +84,19 @@ def record(root: Path) -> dict[str, list[dict]]:
         trace[f"grpo/{loss_type}"] = rec.steps
     pairs = root / "pairs"
     cfg = {
-        "policy": models["qwen2_5_vl"], "data": f"{data}/train.jsonl", "out": str(pairs),
-        "reward": {"class_path": "lit_caprl.rewards.CapRLQAReward",
-                   "init_args": {"reader": models["qwen2"], "num_draws": 2}},
-        "num_generations": 4, "max_new_tokens": 8, "min_margin": 0.0, "limit": 12, "batch_size": 4,
-    }  # fmt: skip
+        "policy": models["qwen2_5_vl"],
+        "data": f"{data}/train.jsonl",
+        "out": str(pairs),
+        "reward": {
+            "class_path": "lit_caprl.rewards.CapRLQAReward",
+            "init_args": {"reader": models["qwen2"], "num_draws": 2},
+        },
+        "num_generations": 4,
+        "max_new_tokens": 8,
+        "min_margin": 0.0,
+        "limit": 12,
+        "batch_size": 4,
+    }
     (root / "mine.yaml").write_text(json.dumps(cfg))
     assert cli(["mine-pairs", "--config", str(root / "mine.yaml")]) == 0
     L.seed_everything(0)
