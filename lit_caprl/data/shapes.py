@@ -94,9 +94,7 @@ def render(objects: list[ShapeObject]) -> Image.Image:
         cx, cy = col * CELL + CELL // 2, row * CELL + CELL // 2
         r = 12 if obj.size == "big" else 8
         # A black outline draws every shape's mask the same way in all colour channels, so a
-        # tiny vision tower reads shape and size linearly whatever the object's colour. At width
-        # 3 rather than 2, captioner SFT named shapes right 0.83-1.00 of the time against
-        # 0.82-0.87 (object precision 0.78-0.97 against 0.77-0.81; same config, 5 minutes).
+        # tiny vision tower reads shape and size linearly whatever the object's colour.
         style = dict(fill=COLORS[obj.color], outline=(0, 0, 0), width=3)
         if obj.shape == "circle":
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), **style)
@@ -127,9 +125,8 @@ def render(objects: list[ShapeObject]) -> Image.Image:
 def caption(objects: list[ShapeObject]) -> str:
     """The fixed grammar: one four-word sentence per object, in reading order ("top-left big red
     circle ."). The position comes first, so each sentence names the grid cell (one image token)
-    before describing what is in it. Filler words ("at ... is a") were dropped: a tiny reader
-    binds attributes to their position faster when they are closer (held-out accuracy after
-    3 min: 0.80 against 0.75, position questions 0.69 against 0.16)."""
+    before describing what is in it. No filler words ("at ... is a"): a tiny reader binds
+    attributes to their position faster when they are closer."""
     return " ".join(f"{o.phrase()} ." for o in sorted(objects, key=lambda o: POSITIONS.index(o.position)))
 
 
@@ -177,8 +174,7 @@ def make_questions(rng: random.Random, objects: list[ShapeObject], leaky: bool =
 
 def partial_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> list[str]:
     """`n` captions that each mention a random non-empty subset of the objects (size uniform
-    in 1..all). Subsets of at most half the objects were tried: the tiny captioner then saw too
-    few objects per caption to learn shapes in 4 minutes (object precision 0.12-0.60 against 0.997)."""
+    in 1..all): with smaller subsets the captioner sees too few objects per caption to learn shapes."""
     out = []
     for _ in range(n):
         k = rng.randint(1, len(objects))

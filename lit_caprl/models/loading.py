@@ -1,8 +1,8 @@
 """Loading policies and readers: one `from_pretrained` route for tiny local models and the Hub.
 
 Patch embeddings that are a Conv3d with stride = kernel (Qwen2-VL family) load as the matmul
-they are (`ConvAsLinear`): same weights and outputs, and PyTorch's CPU conv3d backward is ~6x
-slower than the matmul's (23 against 3.7 ms per tiny captioner step)."""
+they are (`ConvAsLinear`): same weights and outputs, and PyTorch's CPU conv3d backward is
+several times slower than the matmul's."""
 
 from __future__ import annotations
 
@@ -88,12 +88,10 @@ def load_model(
 
 def default_attention(config: PretrainedConfig) -> str:
     """ "sdpa", except "eager" for a text-only model with heads narrower than 32 dims (the tiny
-    reader): there PyTorch's flash kernel is slower on the CPU than a plain matmul and softmax
-    (a training step: 140 against 107 ms). Vision models keep "sdpa": the tiny Qwen2.5-VL
-    gained 3% from eager, and its captioner SFT then named colours and shapes at chance
-    (object precision 0.22 against 0.96, same seed and config). Both take the same path for
-    the vision tower; the captioner recipe bifurcates on small perturbations (other seeds
-    fail the same way under sdpa, RESULTS.md), which the rounding difference triggers."""
+    reader): there PyTorch's flash kernel is slower on the CPU than a plain matmul and softmax.
+    Vision models keep "sdpa": eager gained the tiny Qwen2.5-VL little, and its rounding
+    differences once tipped a captioner recipe that was then fragile into not learning to see
+    (RESULTS.md)."""
     if hasattr(config, "vision_config"):
         return "sdpa"
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

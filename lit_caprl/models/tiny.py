@@ -44,11 +44,9 @@ _CHAT_TEMPLATE = (
 )
 _IMAGE_MARKUP = {"qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image> ", "qwen2": ""}
 
-# Decoder weights start at std 0.1 instead of Qwen's 0.02. At 0.02 the nine position words
-# stay too alike to match or copy: the reader answered position questions at 0.2 after 2,000
-# steps (0.86 at 0.1), and the captioner, which must match the position word it just wrote to
-# that cell's image token, learnt colours and shapes on one training seed of three (object
-# precision 0.27 and 0.31 after 4,000 steps on the others; at 0.1, 0.80 and 0.88 after 2,000).
+# Decoder weights start at std 0.1 instead of Qwen's 0.02: at 0.02 the nine position words stay
+# too alike to match or copy, so the reader cannot look positions up and the captioner cannot tie
+# the position word it wrote to that cell's image token (measured: RESULTS.md).
 _TEXT = {  # decoder sizes; "small" matches the model of the TRL GRPO anchor
     "tiny": dict(
         hidden_size=64,
@@ -58,10 +56,9 @@ _TEXT = {  # decoder sizes; "small" matches the model of the TRL GRPO anchor
         num_key_value_heads=2,
         initializer_range=0.1,
     ),
-    # "mini" is the reader. Two layers learn as much per step as four or six (held-out 0.88-0.89
-    # after 3,000 steps) at twice the steps per second, and steps are what it needs: picking one
-    # object's attribute out of a caption that names three or four comes late, as a jump (colour
-    # questions 0.84 -> 0.92 between 3,000 and 4,000 steps; held-out 0.92 after 5,000).
+    # "mini" is the reader. Two layers learn as much per step as four or six at twice the steps
+    # per second, and steps are what it needs: picking one object's attribute out of a caption
+    # that names three or four comes late, as a jump.
     "mini": dict(
         hidden_size=64,
         intermediate_size=128,

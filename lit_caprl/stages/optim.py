@@ -50,9 +50,8 @@ def param_groups(named_params, lr: float, vision_lr: float | None = None) -> lis
 
     A separate vision rate is common VLM practice (LLaVA's `mm_projector_lr`, Qwen-VL
     fine-tuning's `vision_lr`), and a random-init tower needs it: its patch embedding has
-    thousands of inputs per output, so a full-rate Adam step moves every image feature far.
-    On ShapesWorld at lr 3e-3, captions named colours and shapes at chance; with the tower at
-    lr / 33, 0.93 and 0.85 of them were right (`experiments/shapes/captioner_pretrain.yaml`)."""
+    thousands of inputs per output, so a full-rate Adam step moves every image feature far
+    (on ShapesWorld the captioner then names colours and shapes at chance; RESULTS.md)."""
     trainable = [(n, p) for n, p in named_params if p.requires_grad]
     vision = [p for n, p in trainable if vision_lr is not None and is_vision_parameter(n)]
     rest = [p for n, p in trainable if vision_lr is None or not is_vision_parameter(n)]
