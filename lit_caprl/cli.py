@@ -114,7 +114,7 @@ def _mine_pairs(argv: list[str]) -> int:
 
     from lit_caprl.mining import mine_pairs
 
-    CLI(mine_pairs, args=argv, as_positional=False, parser_mode="omegaconf")
+    CLI(mine_pairs, args=argv, as_positional=False, parser_mode="omegaconf", prog="lit-caprl mine-pairs")
     return 0
 
 

@@ -1,5 +1,6 @@
 """Every experiment config parses through the CLI, and the CLI runs a config end to end."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,19 @@ def test_cli_fit_runs_the_captioner_config(tiny_models, shapes_root, tmp_path, m
     export = tmp_path / "runs/shapes/captioner_pretrain/export"
     assert (export / "model.safetensors").is_file()
     assert (tmp_path / "runs/shapes/captioner_pretrain/lightning_logs").is_dir()
+
+
+def test_every_command_the_readme_tours_is_in_help_and_answers_help(capsys):
+    """A newcomer finds each command the README's table names in `lit-caprl --help`, and each
+    tool answers `--help` (a renamed or unregistered tool fails here)."""
+    readme = (ROOT / "README.md").read_text()
+    toured = re.findall(r"^\| `([a-z-]+)[ `]", readme, flags=re.MULTILINE)
+    assert {"fit", "pipeline", "caption", "eval", "curate"} <= set(toured)
+    main(["--help"])
+    listed = set(re.findall(r"^  ([a-z-]+) ", capsys.readouterr().out, flags=re.MULTILINE))
+    assert set(toured) <= listed, set(toured) - listed
+    for command in set(toured) - {"fit", "validate"}:  # LightningCLI's own --help is Lightning's
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0, command
+        assert f"lit-caprl {command}" in capsys.readouterr().out, command
