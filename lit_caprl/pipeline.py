@@ -14,6 +14,8 @@ A pipeline file:
         fit: experiments/shapes/reader_sft.yaml
         init_from: null
         with_previous: true   # runs at the same time as the stage above
+      - name: grpo_rouge
+        fit: [experiments/shapes/grpo.yaml, experiments/shapes/overlays/reward_rouge.yaml]  # merged in order
 
 In strings, `{run}` is the run directory, `{out}` the stage's own output, `{seed}` the run's
 seed (`--seed`, default 0; fit stages also get it as `seed_everything`, and a run with
@@ -33,6 +35,11 @@ tiny models gain little from a second thread, so two trainings at one thread eac
 as long as one of them at two. Meanwhile the console shows one progress line per running
 stage (from its `progress.json`, see `ProgressFile`). If one lane fails, the pipeline stops
 once the others have finished, keeping what they wrote.
+
+`reuse: DIR` (e.g. the main job's `runs/pipeline`) takes a stage's output from DIR, linked,
+when this run lacks it and DIR has it under the same stage name (DIR-seedN with `--seed N`):
+a pipeline that compares variants of one stage starts from the main job's stages without
+retraining them, and trains them itself on a machine where the main job never ran.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import OmegaConf
 
@@ -59,7 +67,7 @@ _PREVIOUS = object()  # `init_from` absent: the previous fit stage
 @dataclass
 class Stage:
     name: str
-    fit: str | None = None
+    fit: str | list[str] | None = None  # one config, or several merged in order
     command: list[str] = field(default_factory=list)
     overrides: dict[str, object] = field(default_factory=dict)
     init_from: object = _PREVIOUS
@@ -68,8 +76,18 @@ class Stage:
     def output(self, run: Path) -> Path:
         return run / self.name / "export" if self.fit else run / self.name
 
+    @property
+    def configs(self) -> list[str]:
+        return [self.fit] if isinstance(self.fit, str) else list(self.fit or [])
 
-def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
+
+class Pipeline(NamedTuple):
+    run: Path
+    stages: list[Stage]
+    reuse: Path | None = None
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
     """Parse and check a pipeline file: unique names, exactly one of fit/command per stage,
     `init_from` naming an earlier fit stage, no stage fed by two lanes of its group."""
     if not Path(path).is_file():
@@ -77,6 +95,9 @@ def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(cfg, dict) or "run_dir" not in cfg or not cfg.get("stages"):
         raise ConfigError(f"{path}: needs `run_dir` and a non-empty `stages` list")
+    unknown = set(cfg) - {"run_dir", "reuse", "stages"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (run_dir, reuse, stages)")
     stages: list[Stage] = []
     for i, raw in enumerate(cfg["stages"]):
         where = f"{path}: stages[{i}]"
@@ -101,7 +122,7 @@ def load_pipeline(path: str | Path) -> tuple[Path, list[Stage]]:
                 f"{where} ({stage.name}): reads {feeding[0] + feeding[1]}, which run side by side; "
                 f"a stage can follow one lane of its group, not two"
             )
-    return Path(cfg["run_dir"]), stages
+    return Pipeline(Path(cfg["run_dir"]), stages, Path(cfg["reuse"]) if cfg.get("reuse") else None)
 
 
 def _source(stage: Stage, earlier: list[Stage]) -> str | None:
@@ -148,13 +169,13 @@ def stage_args(stage: Stage, stages: list[Stage], run: Path, seed: int = 0) -> l
         return [fill(a) for a in stage.command]
     args = [
         "fit",
-        "-c",
-        stage.fit,
+        *(a for config in stage.configs for a in ("-c", config)),
         f"--trainer.default_root_dir={run / stage.name}",
         f"--seed_everything={seed}",
         "--trainer.callbacks+=lit_caprl.callbacks.ProgressFile",
     ]
-    logger = (OmegaConf.to_container(OmegaConf.load(stage.fit)).get("trainer") or {}).get("logger")
+    loggers = [(OmegaConf.to_container(OmegaConf.load(c)).get("trainer") or {}).get("logger") for c in stage.configs]
+    logger = next((lg for lg in reversed(loggers) if lg is not None), None)
     if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
         args.append(f"--trainer.logger.init_args.save_dir={run / stage.name}")  # logs beside the export
     source = _source(stage, stages[: stages.index(stage)])
@@ -180,9 +201,10 @@ Runner = Callable[[list[str], int | None, Path | None], None]
 def run_pipeline(
     path: str | Path, force: str | None = None, runner: Runner = run_in_subprocess, seed: int | None = None
 ) -> Path:
-    run, stages = load_pipeline(path)
+    run, stages, reuse = load_pipeline(path)
     if seed is not None:
         run = run.with_name(f"{run.name}-seed{seed}")
+        reuse = reuse.with_name(f"{reuse.name}-seed{seed}") if reuse else None
     names = [s.name for s in stages]
     if force is not None and force not in names:
         raise ConfigError(f"--force {force!r}: no such stage; stages are {names}")
@@ -191,7 +213,7 @@ def run_pipeline(
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     redo = set(names[names.index(force) :]) if force else set()
     for group in _lanes(stages):
-        lanes = [todo for lane in group if (todo := [s for s in lane if _pending(s, run, redo)])]
+        lanes = [todo for lane in group if (todo := [s for s in lane if _pending(s, run, redo, reuse)])]
         failed = []
         if len(lanes) == 1:
             for stage in lanes[0]:
@@ -221,11 +243,21 @@ def _run_lane(
         finished[stage.name] = _run_stage(stage, stages, run, runner, threads, seed)
 
 
-def _pending(stage: Stage, run: Path, redo: set[str]) -> bool:
-    """Whether `stage` must run: its output is missing, or it is being redone (`--force`)."""
-    out = stage.output(run)
-    if stage.name in redo and out.exists():
-        shutil.rmtree(out)
+def _pending(stage: Stage, run: Path, redo: set[str], reuse: Path | None = None) -> bool:
+    """Whether `stage` must run: its output is missing (and not in `reuse`), or it is being
+    redone (`--force`, which also drops a link to a reused stage, never the reused files)."""
+    out, home = stage.output(run), run / stage.name
+    if stage.name in redo:
+        if home.is_symlink():
+            home.unlink()
+        elif out.exists():
+            shutil.rmtree(out)
+    elif (home.is_symlink() or not home.exists()) and reuse is not None and stage.output(reuse).exists():
+        if home.is_symlink():
+            home.unlink()
+        home.symlink_to((reuse / stage.name).resolve(), target_is_directory=True)
+        print(f"== {stage.name}: reused from {reuse / stage.name}", flush=True)
+        return False
     if out.exists():
         print(f"== {stage.name}: done ({out}), skipped", flush=True)
         return False

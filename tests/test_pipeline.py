@@ -17,7 +17,7 @@ PIPELINES = sorted((ROOT / "experiments").rglob("pipeline*.yaml"))
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.name for p in PIPELINES])
 def test_every_stage_of_every_pipeline_parses(path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    run, stages = load_pipeline(path)
+    run, stages, _ = load_pipeline(path)
     for stage in stages:
         args = stage_args(stage, stages, run)
         assert not any("{" in a for a in args), (stage.name, args)  # every placeholder was filled
@@ -235,3 +235,40 @@ def test_seed_progress_lines_and_a_time_limited_stage_reported(tmp_path, monkeyp
     out = capsys.readouterr().out
     assert "WARNING: reader was stopped by its time limit (max_time) after 3,100 of 7,000 steps" in out
     assert "   captioner          3,100/7,000 steps  train/loss 0.412  ETA 4:10" in out
+
+
+def test_reuse_links_the_main_jobs_stages_and_merges_overlays(tmp_path):
+    """A comparison pipeline starts from the main job's finished stages (linked, not rerun, and
+    never deleted by --force), trains what the main job lacks, and a stage's overlay configs
+    come after its base config, in order."""
+    main_file = _pipeline(tmp_path)
+    main_run = tmp_path / "run"
+    run_pipeline(main_file, runner=FakeRunner(main_run))
+    (main_run / "sft" / "export" / "weights").write_text("trained once")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("trainer:\n  logger:\n    class_path: CSVLogger\n    init_args: {save_dir: y}\n")
+    f = tmp_path / "cmp.yaml"
+    f.write_text(f"""
+run_dir: {tmp_path / "cmp"}
+reuse: {main_run}
+stages:
+  - {{name: data, command: [data, shapes, --out, "{{out}}"]}}
+  - {{name: sft, fit: {tmp_path / "sft.yaml"}, init_from: null, overrides: {{data.init_args.root: "{{data}}"}}}}
+  - {{name: extra, command: [data, shapes, --out, "{{out}}"]}}
+  - {{name: variant, fit: [{tmp_path / "rl.yaml"}, {overlay}], init_from: sft}}
+""")
+    cmp = tmp_path / "cmp"
+    runner = FakeRunner(cmp)
+    run_pipeline(f, runner=runner)
+    assert [c[0] for c in runner.calls] == ["data", "fit"]  # `extra` and `variant`: not in the main job
+    assert (cmp / "sft").is_symlink() and (cmp / "sft/export/weights").read_text() == "trained once"
+    variant = runner.calls[1]
+    assert variant[1:5] == ["-c", str(tmp_path / "rl.yaml"), "-c", str(overlay)]
+    assert f"--model.init_args.init_from={cmp / 'sft/export'}" in variant
+    assert f"--trainer.logger.init_args.save_dir={cmp / 'variant'}" in variant  # the overlay's logger counts
+
+    forced = FakeRunner(cmp)
+    run_pipeline(f, force="sft", runner=forced)
+    assert [c[0] for c in forced.calls] == ["fit", "data", "fit"]  # sft redone here, then what follows
+    assert not (cmp / "sft").is_symlink()
+    assert (main_run / "sft" / "export" / "weights").read_text() == "trained once"  # the main job's files stay
