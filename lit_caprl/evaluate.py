@@ -89,6 +89,13 @@ def scene_objects(record: Record) -> list[shapes.ShapeObject]:
     return [shapes.ShapeObject(**o) for o in record.meta["objects"]]
 
 
+def repetition(caption: str) -> float:
+    """The share of a caption's sentences that repeat an earlier one of it: a reward that pays
+    per mention (or a judge fooled by emphasis) is hacked by saying the same thing again."""
+    sentences = [s.strip() for s in caption.split(".") if s.strip()]
+    return (len(sentences) - len(set(sentences))) / len(sentences) if sentences else 0.0
+
+
 def caption_fidelity(captions: list[str], records: list[Record]) -> dict[str, float]:
     """Object precision (what captions claim is true), recall (how much of the scene they say),
     micro-averaged over all claims/objects, and mean caption length in words."""

@@ -15,7 +15,7 @@ A pipeline file:
         init_from: null
         with_previous: true   # runs at the same time as the stage above
       - name: grpo_rouge
-        fit: [experiments/shapes/grpo.yaml, experiments/shapes/overlays/reward_rouge.yaml]  # merged in order
+        fit: [experiments/shapes/grpo.yaml, experiments/shapes/overlays/grpo_rouge.yaml]  # merged in order
 
 In strings, `{run}` is the run directory, `{out}` the stage's own output, `{seed}` the run's
 seed (`--seed`, default 0; fit stages also get it as `seed_everything`, and a run with

@@ -22,7 +22,7 @@ from lit_caprl.data.importer import cached_import
 from lit_caprl.data.schema import Record, load_records
 from lit_caprl.models.loading import load_export, load_model
 
-COLUMNS = ("utility", "best_of_n", "precision", "recall", "length")
+COLUMNS = ("utility", "best_of_n", "precision", "recall", "length", "repetition")
 EXAMPLES = 12  # images per benchmark whose captions the report shows side by side
 
 
@@ -48,6 +48,7 @@ def score_row(
         "precision": None,
         "recall": None,
         "length": sum(len(c.split()) for c in captions) / len(captions),
+        "repetition": sum(map(evaluate.repetition, captions)) / len(captions),
         "examples": captions[::num_captions][:EXAMPLES],
     }  # each shown image's first caption
     if evaluate.has_objects(records):
@@ -137,6 +138,23 @@ def reader_quality(
 
 
 MIN_GAP = 0.02  # below this, gold vs start is within evaluation noise: no headroom to speak of
+
+
+def seed_groups(rows: dict[str, dict]) -> dict[str, list[str]]:
+    """Rows named `NAME@seedK` grouped by NAME (the same recipe trained from several seeds)."""
+    groups: dict[str, list[str]] = {}
+    for name in rows:
+        if "@seed" in name:
+            groups.setdefault(name.split("@seed")[0], []).append(name)
+    return groups
+
+
+def spread(rows: dict[str, dict], names: list[str], column: str) -> tuple[float, float, float] | None:
+    """(mean, min, max) of `column` over the rows `names`; None if any lacks it."""
+    values = [rows[n].get(column) for n in names]
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values), min(values), max(values)
 
 
 def gap_closed(rows: dict, name: str, start: str = "sft") -> float | None:

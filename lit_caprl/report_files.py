@@ -10,7 +10,7 @@ import json
 from html import escape
 from pathlib import Path
 
-from lit_caprl.report import COLUMNS, gap_closed
+from lit_caprl.report import COLUMNS, gap_closed, seed_groups, spread
 
 
 def _cell(value: float | None, fmt: str = ".3f") -> str:
@@ -29,8 +29,8 @@ def markdown(tables: dict[str, dict], stages: dict) -> str:
         lines += [
             f"**{bench}**",
             "",
-            "| checkpoint | utility | best of N | precision | recall | length | gap closed |",
-            "|---|---|---|---|---|---|---|",
+            "| checkpoint | utility | best of N | precision | recall | length | repetition | gap closed |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in rows.items():
             closed = (
@@ -41,9 +41,10 @@ def markdown(tables: dict[str, dict], stages: dict) -> str:
             pct = f"{closed:.0%}" if closed is not None else ""
             lines.append(
                 f"| {name} | {r['utility']:.3f} | {_cell(r['best_of_n'])} | {_cell(r['precision'])} "
-                f"| {_cell(r['recall'])} | {r['length']:.1f} | {pct} |"
+                f"| {_cell(r['recall'])} | {r['length']:.1f} | {_cell(r.get('repetition'), '.2f')} | {pct} |"
             )
         lines.append("")
+        lines += _seed_table(rows)
     if stages:
         lines += ["| stage | wall s | steps | stopped by |", "|---|---|---|---|"]
         for name, s in stages.items():
@@ -52,6 +53,27 @@ def markdown(tables: dict[str, dict], stages: dict) -> str:
                 f"| {name} | {s['wall_s']:.0f} | {'' if steps is None else f'{steps:,}'} | {s.get('stopped_by', '')} |"
             )
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _seed_table(rows: dict[str, dict]) -> list[str]:
+    """Recipes trained from several seeds (`NAME@seedK` rows): mean (min-max) over the seeds."""
+    groups = seed_groups(rows)
+    if not groups:
+        return []
+
+    def cell(names: list[str], column: str, fmt: str = ".3f") -> str:
+        s = spread(rows, names, column)
+        return "-" if s is None else f"{s[0]:{fmt}} ({s[1]:{fmt}}-{s[2]:{fmt}})"
+
+    columns = ("utility", "precision", "recall", "length", "repetition")
+    lines = ["across seeds: mean (min-max)", "", "| recipe | seeds | " + " | ".join(columns) + " | gap closed |"]
+    lines.append("|---" * (len(columns) + 3) + "|")
+    for recipe, names in groups.items():
+        closed = [gap_closed(rows, n) for n in names] if {"sft", "gold"} <= set(rows) else []
+        pct = f"{sum(closed) / len(closed):.0%}" if closed and None not in closed else ""
+        cells = " | ".join(cell(names, c, ".1f" if c == "length" else ".3f") for c in columns)
+        lines.append(f"| {recipe} | {len(names)} | {cells} | {pct} |")
+    return [*lines, ""]
 
 
 def plot(curve: list[tuple[int, float]], tables: dict[str, dict], out: Path) -> None:
@@ -100,6 +122,11 @@ def write_report(
         }
         if {"sft", "gold"} <= set(rows):
             entry["gap_closed"] = {n: gap_closed(rows, n) for n in rows if n not in ("sft", "gold", "empty")}
+        groups = seed_groups(rows)
+        if groups:  # recipes trained from several seeds: (mean, min, max) per column
+            entry["seeds"] = {
+                g: {c: spread(rows, names, c) for c in COLUMNS} | {"rows": names} for g, names in groups.items()
+            }
         payload["benchmarks"][bench] = entry
     (out / "report.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False))
     md = markdown(tables, stages)

@@ -25,7 +25,7 @@ def test_write_report_files_and_schema(tmp_path):
     payload = json.loads((tmp_path / "report.json").read_text())
     table = payload["benchmarks"]["heldout"]
     assert set(table["rows"]) == {"sft", "grpo", "gold"} and payload["stages"]["grpo"]["wall_s"] == 300.0
-    assert set(table["rows"]["grpo"]) == {"utility", "best_of_n", "precision", "recall", "length"}
+    assert set(table["rows"]["grpo"]) == {"utility", "best_of_n", "precision", "recall", "length", "repetition"}
     assert table["gap_closed"]["grpo"] == pytest.approx(0.6)
     assert "| grpo | 0.700 | - | 0.850 |" in md and (tmp_path / "report.png").stat().st_size > 0
 
@@ -57,3 +57,27 @@ def test_report_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     runs = list(tmp_path.rglob("offline-run-*"))
     assert len(runs) == 1
     assert b"pipeline-report" in next(runs[0].glob("run-*.wandb")).read_bytes()
+
+
+def test_repetition_counts_sentences_said_again():
+    from lit_caprl.evaluate import repetition
+
+    assert repetition("top big red circle . left small blue square . top big red circle .") == pytest.approx(1 / 3)
+    assert repetition("top big red circle . left small blue square .") == 0.0
+    assert repetition("") == 0.0
+
+
+def test_rows_of_one_recipe_from_several_seeds_are_summarised_with_their_spread(tmp_path):
+    """`NAME@seedK` rows: one line per recipe with mean (min-max) over its seeds, in the
+    markdown and in report.json (hand-computed: utilities 0.6 and 0.8 around sft 0.4, gold 0.9)."""
+    rows = {
+        **ROWS,
+        "qa@seed0": {**ROWS["grpo"], "utility": 0.6, "repetition": 0.0},
+        "qa@seed1": {**ROWS["grpo"], "utility": 0.8, "repetition": 0.1},
+    }
+    md = report_files.write_report(tmp_path, {"heldout": {"rows": rows, "images": []}}, {}, [])
+    assert "| qa | 2 | 0.700 (0.600-0.800) | 0.850 (0.850-0.850) |" in md
+    assert md.split("| qa | 2 |")[1].split("\n")[0].rstrip().endswith("| 60% |")  # mean of 40% and 80%
+    seeds = json.loads((tmp_path / "report.json").read_text())["benchmarks"]["heldout"]["seeds"]["qa"]
+    assert seeds["utility"] == pytest.approx([0.7, 0.6, 0.8]) and seeds["rows"] == ["qa@seed0", "qa@seed1"]
+    assert seeds["best_of_n"] is None  # a column some rows lack has no spread
