@@ -36,10 +36,11 @@ as long as one of them at two. Meanwhile the console shows one progress line per
 stage (from its `progress.json`, see `ProgressFile`). If one lane fails, the pipeline stops
 once the others have finished, keeping what they wrote.
 
-`reuse: DIR` (e.g. the main job's `runs/pipeline`) takes a stage's output from DIR, linked,
-when this run lacks it and DIR has it under the same stage name (DIR-seedN with `--seed N`):
-a pipeline that compares variants of one stage starts from the main job's stages without
-retraining them, and trains them itself on a machine where the main job never ran.
+`reuse: {from: DIR, stages: [NAME, ...]}` takes those stages' outputs from DIR (e.g. the main
+job's `runs/pipeline`; DIR-seedN with `--seed N`), linked, when this run lacks them and DIR
+has them: a pipeline that compares variants of one stage starts from the main job's stages
+without retraining them, and trains them itself where the main job never ran. Only the
+stages named are reused: another stage of the same name (a report) may do something else.
 """
 
 from __future__ import annotations
@@ -81,10 +82,15 @@ class Stage:
         return [self.fit] if isinstance(self.fit, str) else list(self.fit or [])
 
 
+class Reuse(NamedTuple):
+    source: Path
+    stages: frozenset[str]
+
+
 class Pipeline(NamedTuple):
     run: Path
     stages: list[Stage]
-    reuse: Path | None = None
+    reuse: Reuse | None = None
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
@@ -122,7 +128,18 @@ def load_pipeline(path: str | Path) -> Pipeline:
                 f"{where} ({stage.name}): reads {feeding[0] + feeding[1]}, which run side by side; "
                 f"a stage can follow one lane of its group, not two"
             )
-    return Pipeline(Path(cfg["run_dir"]), stages, Path(cfg["reuse"]) if cfg.get("reuse") else None)
+    return Pipeline(Path(cfg["run_dir"]), stages, _reuse(cfg.get("reuse"), stages, path))
+
+
+def _reuse(raw: object, stages: list[Stage], path: str | Path) -> Reuse | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"from", "stages"} or not isinstance(raw["stages"], list):
+        raise ConfigError(f"{path}: reuse must be {{from: DIR, stages: [NAME, ...]}}, got {raw!r}")
+    unknown = set(raw["stages"]) - {s.name for s in stages}
+    if unknown:
+        raise ConfigError(f"{path}: reuse names stages this pipeline does not have: {sorted(unknown)}")
+    return Reuse(Path(raw["from"]), frozenset(raw["stages"]))
 
 
 def _source(stage: Stage, earlier: list[Stage]) -> str | None:
@@ -204,7 +221,7 @@ def run_pipeline(
     run, stages, reuse = load_pipeline(path)
     if seed is not None:
         run = run.with_name(f"{run.name}-seed{seed}")
-        reuse = reuse.with_name(f"{reuse.name}-seed{seed}") if reuse else None
+        reuse = reuse._replace(source=reuse.source.with_name(f"{reuse.source.name}-seed{seed}")) if reuse else None
     names = [s.name for s in stages]
     if force is not None and force not in names:
         raise ConfigError(f"--force {force!r}: no such stage; stages are {names}")
@@ -243,7 +260,7 @@ def _run_lane(
         finished[stage.name] = _run_stage(stage, stages, run, runner, threads, seed)
 
 
-def _pending(stage: Stage, run: Path, redo: set[str], reuse: Path | None = None) -> bool:
+def _pending(stage: Stage, run: Path, redo: set[str], reuse: Reuse | None = None) -> bool:
     """Whether `stage` must run: its output is missing (and not in `reuse`), or it is being
     redone (`--force`, which also drops a link to a reused stage, never the reused files)."""
     out, home = stage.output(run), run / stage.name
@@ -252,11 +269,16 @@ def _pending(stage: Stage, run: Path, redo: set[str], reuse: Path | None = None)
             home.unlink()
         elif out.exists():
             shutil.rmtree(out)
-    elif (home.is_symlink() or not home.exists()) and reuse is not None and stage.output(reuse).exists():
+    elif (
+        (home.is_symlink() or not home.exists())
+        and reuse is not None
+        and stage.name in reuse.stages
+        and stage.output(reuse.source).exists()
+    ):
         if home.is_symlink():
             home.unlink()
-        home.symlink_to((reuse / stage.name).resolve(), target_is_directory=True)
-        print(f"== {stage.name}: reused from {reuse / stage.name}", flush=True)
+        home.symlink_to((reuse.source / stage.name).resolve(), target_is_directory=True)
+        print(f"== {stage.name}: reused from {reuse.source / stage.name}", flush=True)
         return False
     if out.exists():
         print(f"== {stage.name}: done ({out}), skipped", flush=True)

@@ -25,10 +25,12 @@ def test_comparisons_run_in_tiny_mode(tiny_models, shapes_root, tmp_path, monkey
         (main / stage).parent.mkdir(parents=True, exist_ok=True)
         (main / stage).symlink_to(source)
     cfg = OmegaConf.load(ROOT / "experiments/shapes/comparisons.yaml")
-    cfg.run_dir, cfg.reuse = str(tmp_path / "cmp"), str(main)
+    cfg.run_dir, cfg.reuse["from"] = str(tmp_path / "cmp"), str(main)
     rows = []
     for stage in cfg.stages:
-        if "fit" in stage and stage.name not in ("reader_sft", "captioner_pretrain", "captioner_sft"):
+        if stage.name == "judge_rm":
+            stage.overrides = {**stage.overrides, "trainer.max_steps": 2, "data.init_args.batch_size": 4}
+        elif "fit" in stage and stage.name not in ("reader_sft", "captioner_pretrain", "captioner_sft"):
             rows.append(stage.name)
             tiny = {
                 "model.init_args.max_rollout_steps": 2,
@@ -49,6 +51,6 @@ def test_comparisons_run_in_tiny_mode(tiny_models, shapes_root, tmp_path, monkey
     assert {name: stages[name]["rollout_steps"] for name in rows} == dict.fromkeys(rows, 2)
     assert (run / "captioner_sft").is_symlink()  # reused, not retrained
     table = json.loads((run / "report" / "report.json").read_text())["benchmarks"]["heldout"]
-    assert set(table["seeds"]) == {"qa", "qa-sample1", "qa-sample2", "qa-sample4", "qa-sample8", "rouge-l"}
+    assert set(table["seeds"]) == {"qa", "qa-sample1", "qa-sample2", "qa-sample4", "qa-sample8", "rouge-l", "judge"}
     assert all(len(group["rows"]) == 2 for group in table["seeds"].values())
     assert "across seeds: mean (min-max)" in (run / "report" / "report.md").read_text()

@@ -8,6 +8,7 @@ import torch
 from lit_caprl.rollout import group_advantages
 from lit_caprl.stages.losses import (
     aggregate,
+    bradley_terry_loss,
     clipped_surrogate,
     dpo_loss,
     grpo_loss,
@@ -178,3 +179,10 @@ def test_token_mean_nll_averages_over_tokens_not_sequences():
     # two captions: 2 tokens summing to log p -2, 3 tokens summing to -6 -> 8 nats / 5 tokens
     nll = token_mean_nll(torch.tensor([-2.0, -6.0]), torch.tensor([2.0, 3.0]))
     assert nll.item() == pytest.approx(1.6)
+
+
+def test_bradley_terry_hand_computed():
+    # pairs with margins 1 and -2: mean of log(1 + e^-1) and log(1 + e^2)
+    want = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(2))) / 2
+    got = bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 2.0]))
+    assert float(got) == pytest.approx(want)

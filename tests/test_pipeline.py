@@ -251,22 +251,22 @@ def test_reuse_links_the_main_jobs_stages_and_merges_overlays(tmp_path):
     f = tmp_path / "cmp.yaml"
     f.write_text(f"""
 run_dir: {tmp_path / "cmp"}
-reuse: {main_run}
+reuse: {{from: {main_run}, stages: [data, sft, extra]}}
 stages:
   - {{name: data, command: [data, shapes, --out, "{{out}}"]}}
   - {{name: sft, fit: {tmp_path / "sft.yaml"}, init_from: null, overrides: {{data.init_args.root: "{{data}}"}}}}
   - {{name: extra, command: [data, shapes, --out, "{{out}}"]}}
-  - {{name: variant, fit: [{tmp_path / "rl.yaml"}, {overlay}], init_from: sft}}
+  - {{name: rl2, fit: [{tmp_path / "rl.yaml"}, {overlay}], init_from: sft}}
 """)
     cmp = tmp_path / "cmp"
     runner = FakeRunner(cmp)
     run_pipeline(f, runner=runner)
-    assert [c[0] for c in runner.calls] == ["data", "fit"]  # `extra` and `variant`: not in the main job
+    assert [c[0] for c in runner.calls] == ["data", "fit"]  # `extra`: not in the main job; `rl2`: in it, not listed
     assert (cmp / "sft").is_symlink() and (cmp / "sft/export/weights").read_text() == "trained once"
-    variant = runner.calls[1]
-    assert variant[1:5] == ["-c", str(tmp_path / "rl.yaml"), "-c", str(overlay)]
-    assert f"--model.init_args.init_from={cmp / 'sft/export'}" in variant
-    assert f"--trainer.logger.init_args.save_dir={cmp / 'variant'}" in variant  # the overlay's logger counts
+    rl2 = runner.calls[1]
+    assert rl2[1:5] == ["-c", str(tmp_path / "rl.yaml"), "-c", str(overlay)]
+    assert f"--model.init_args.init_from={cmp / 'sft/export'}" in rl2
+    assert f"--trainer.logger.init_args.save_dir={cmp / 'rl2'}" in rl2  # the overlay's logger counts
 
     forced = FakeRunner(cmp)
     run_pipeline(f, force="sft", runner=forced)

@@ -12,6 +12,7 @@ __all__ = [
     "PairData",
     "PromptData",
     "ShapesCaptionData",
+    "ShapesJudgeData",
     "ShapesPromptData",
     "ShapesReaderData",
     "ShapesVQAData",
@@ -20,7 +21,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from lit_caprl.data import datamodules
+        from lit_caprl.data import datamodules, shapes_data
 
-        return getattr(datamodules, name)
+        return getattr(shapes_data if name.startswith("Shapes") else datamodules, name)
     raise AttributeError(f"module 'lit_caprl.data' has no attribute {name!r}")

@@ -3,14 +3,12 @@
 The stage renders them through its model's chat template (see `models/adapter.py`), so the
 data path knows nothing about tokenizers.
 
-Each module reads its records through a `RecordReader` (files in any supported format) and,
-for the ShapesWorld ones, a `ShapesRoot` (`generate=True` writes the data set when missing,
-like `download=True` elsewhere); see `sources.py`.
+Each module reads its records through a `RecordReader` (files in any supported format; see
+`sources.py`). The ShapesWorld DataModules build on these in `shapes_data.py`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -19,14 +17,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lit_caprl import mcq
-from lit_caprl.data import prompts, shapes_qa
+from lit_caprl.data import prompts
 from lit_caprl.data.datasets import LevelDataset, ListDataset, collate
 from lit_caprl.data.schema import Record
 from lit_caprl.data.sources import RecordReader, ShapesRoot, SourceFormat
 
 
-class _Data(L.LightningDataModule):
+class BaseDataModule(L.LightningDataModule):
     """Loaders over `train_set` / `val_set`, made in `setup` from `train_file` / `val_file`."""
 
     def __init__(
@@ -85,7 +82,7 @@ class _Data(L.LightningDataModule):
             rank_zero_warn(f"end of {stage}: " + self.reader.summary())
 
 
-class _FileData(_Data):
+class _FileData(BaseDataModule):
     """Images from a train and an optional val source, asked `prompt`. `format` and
     `image_root`: see `RecordReader`; `on_bad_record`: "error" (default) stops at load time on
     any bad record, naming file, line (or row) and field; "skip" trains without them, counting
@@ -131,32 +128,6 @@ class CaptionData(_FileData):
         self.sets(self._pairs)
 
 
-class ShapesCaptionData(CaptionData):
-    """ShapesWorld captions; `targets="short"` trains on captions that name the most salient
-    one or two objects (what the CapRL demo starts RL from), "partial" on random subsets of the
-    objects, "gold" on dense captions, "all" on gold and partial."""
-
-    def __init__(
-        self,
-        root: str = "runs/data/shapes",
-        n_train: int = 4000,
-        n_val: int = 500,
-        seed: int = 0,
-        targets: Literal["short", "partial", "gold", "all"] = "short",
-        prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        generate: bool = False,
-    ) -> None:
-        super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
-        self.shapes, self.which = ShapesRoot(Path(root), n_train, n_val, seed, generate), targets
-
-    def targets(self, record: Record) -> list[str]:
-        if self.which in ("short", "partial"):
-            return record.meta.get(f"{self.which}_captions", [])
-        return list(record.captions) + (record.meta.get("partial_captions", []) if self.which == "all" else [])
-
-
 class PromptData(_FileData):
     """Images to caption for RL: examples carry the record (its MCQs feed the reward). Records
     with `meta.difficulty` (or ShapesWorld's `meta.level`) support a curriculum (`set_level`)."""
@@ -192,24 +163,6 @@ class PromptData(_FileData):
         self.train_set.set_level(level)
 
 
-class ShapesPromptData(PromptData):
-    """ShapesWorld images and MCQs for RL."""
-
-    def __init__(
-        self,
-        root: str = "runs/data/shapes",
-        n_train: int = 4000,
-        n_val: int = 500,
-        seed: int = 0,
-        prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        generate: bool = False,
-    ) -> None:
-        super().__init__(f"{root}/train.jsonl", f"{root}/val.jsonl", prompt, batch_size, num_workers)
-        self.shapes = ShapesRoot(Path(root), n_train, n_val, seed, generate)
-
-
 class PairData(_FileData):
     """Preference pairs for DPO: records with `chosen` and `rejected` captions (e.g. from `mine-pairs`)."""
 
@@ -231,60 +184,3 @@ class PairData(_FileData):
 
     def setup(self, stage: str | None = None) -> None:
         self.sets(self._pairs)
-
-
-class _ShapesQA(_Data):
-    """MCQ SFT on ShapesWorld, examples from `shapes_qa`. `answer_format` (letter | cloze, see
-    `lit_caprl.mcq`) must match the one the trained model is later asked in (the reward's,
-    `eval`'s and `curate`'s `answer_format`). Validation draws its option orders with seed + 1."""
-
-    def __init__(
-        self,
-        root: str = "runs/data/shapes",
-        n_train: int = 4000,
-        n_val: int = 500,
-        seed: int = 0,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        answer_format: mcq.AnswerFormat = "letter",
-        generate: bool = False,
-    ) -> None:
-        shapes = ShapesRoot(Path(root), n_train, n_val, seed, generate)
-        super().__init__(shapes.split("train"), shapes.split("val"), batch_size, num_workers, shapes=shapes)
-        mcq.check_format(answer_format)
-        self.answer_format, self.seed = answer_format, seed
-
-    def setup(self, stage: str | None = None) -> None:
-        self.train_set = self.dataset(self.reader.load(self.train_file), self.seed, training=True)
-        self.val_set = self.dataset(self.reader.load(self.val_file), self.seed + 1, training=False)
-
-
-class ShapesReaderData(_ShapesQA):
-    """Text-only reader SFT on ShapesWorld: caption + MCQ -> answer (`shapes_qa.reader_examples`).
-
-    `empty_captions`: the share of training records that also contribute their empty caption.
-    Its questions all read "cannot answer", the answer a reader learns first; with every
-    record's (37% "cannot answer" examples) a tiny reader answered little else for ~1,000
-    steps before it learned to look answers up. Validation always uses every empty caption."""
-
-    def __init__(self, *args: Any, empty_captions: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not 0.0 <= empty_captions <= 1.0:
-            raise ValueError(f"empty_captions must be in [0, 1], got {empty_captions}")
-        self.empty_captions = empty_captions
-
-    def dataset(self, records: list[Record], seed: int, training: bool) -> ListDataset:
-        share = self.empty_captions if training else 1.0
-        return ListDataset(shapes_qa.reader_examples(records, seed, self.answer_format, share), dict)
-
-
-class ShapesVQAData(_ShapesQA):
-    """Image + MCQ -> answer SFT on ShapesWorld: trains the visual judge of `lit-caprl curate`."""
-
-    def dataset(self, records: list[Record], seed: int, training: bool) -> ListDataset:
-        return ListDataset(shapes_qa.visual_examples(records, seed, self.answer_format), self._example)
-
-    def _example(self, item: tuple[Record, str, str]) -> dict:
-        record, prompt, target = item
-        prefill = prompts.answer_prefix(self.answer_format)
-        return {"image": record.load_image(), "prompt": prompt, "prefill": prefill, "target": target}

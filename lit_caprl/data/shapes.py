@@ -182,6 +182,27 @@ def partial_captions(rng: random.Random, objects: list[ShapeObject], n: int) -> 
     return out
 
 
+def corrupted_caption(rng: random.Random, objects: list[ShapeObject]) -> str:
+    """The gold caption with one mistake a captioner makes: an object left out, one attribute
+    wrong (colour, shape or size), or an object that is not there. A judge that reads only text
+    tells the first apart by length and the rest not at all: what a reward without eyes learns."""
+    objects = list(objects)
+    i = rng.randrange(len(objects))
+    kinds = ["swap"] + (["omit"] if len(objects) > 1 else []) + (["add"] if len(objects) < len(POSITIONS) else [])
+    kind = rng.choice(kinds)
+    if kind == "omit":
+        del objects[i]
+    elif kind == "add":
+        free = [p for p in POSITIONS if p not in {o.position for o in objects}]
+        objects.append(ShapeObject(rng.choice(free), rng.choice(SIZES), rng.choice(list(COLORS)), rng.choice(SHAPES)))
+    else:
+        field, values = rng.choice([("color", list(COLORS)), ("shape", SHAPES), ("size", SIZES)])
+        o = objects[i]
+        other = rng.choice([v for v in values if v != getattr(o, field)])
+        objects[i] = ShapeObject(**{**asdict(o), field: other})
+    return caption(objects)
+
+
 SHORT_LENGTHS = (0.55, 0.3, 0.1, 0.05)  # P(a short caption names 1, 2, 3, 4 objects)
 
 

@@ -1,5 +1,6 @@
 from lit_caprl.stages.dpo import DPOStage
 from lit_caprl.stages.grpo import GRPOStage
+from lit_caprl.stages.reward_model import RewardModelStage
 from lit_caprl.stages.sft import SFTStage
 
-__all__ = ["DPOStage", "GRPOStage", "SFTStage"]
+__all__ = ["DPOStage", "GRPOStage", "RewardModelStage", "SFTStage"]

@@ -109,6 +109,12 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
+    """A reward model's pairwise loss: -log sigma(r_chosen - r_rejected), averaged over pairs
+    (InstructGPT's reward model, TRL's `RewardTrainer`)."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
 DPOLossType = Literal["sigmoid", "ipo", "hinge"]
 
 
