@@ -9,7 +9,8 @@ import pytest
 import yaml
 from test_configs import ParseOnlyCLI, mine_pairs_parser
 
-from lit_caprl.pipeline import load_pipeline, run_pipeline, stage_args
+from lit_caprl.pipeline import run_pipeline
+from lit_caprl.pipeline_file import load_pipeline, stage_args
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = [p for p in sorted((ROOT / "experiments").rglob("*.yaml")) if "stages" in yaml.safe_load(p.read_text())]
