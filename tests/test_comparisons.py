@@ -51,6 +51,15 @@ def test_comparisons_run_in_tiny_mode(tiny_models, shapes_root, tmp_path, monkey
     assert {name: stages[name]["rollout_steps"] for name in rows} == dict.fromkeys(rows, 2)
     assert (run / "captioner_sft").is_symlink()  # reused, not retrained
     table = json.loads((run / "report" / "report.json").read_text())["benchmarks"]["heldout"]
-    assert set(table["seeds"]) == {"qa", "qa-sample1", "qa-sample2", "qa-sample4", "qa-sample8", "rouge-l", "judge"}
+    assert set(table["seeds"]) == {
+        "qa",
+        "qa-sample1",
+        "qa-sample2",
+        "qa-sample4",
+        "qa-sample8",
+        "rouge-l",
+        "rouge-short",
+        "judge",
+    }
     assert all(len(group["rows"]) == 2 for group in table["seeds"].values())
     assert "across seeds: mean (min-max)" in (run / "report" / "report.md").read_text()

@@ -225,3 +225,14 @@ def test_clip_similarity_prefers_the_image_own_caption(shapes_root, tmp_path):
     own = reward([r.captions[0] for r in val], val).rewards
     other = reward([r.captions[0] for r in val[1:] + val[:1]], val).rewards  # another scene's caption
     assert (own > other).float().mean() >= 0.75
+
+
+def test_reference_metric_reads_a_meta_caption_list_as_references():
+    """Against short references, the dense caption that names more than they do scores lower
+    than the short one: the penalty partial references put on detail."""
+    short = "top-left big red circle ."
+    record = Record("r", None, (MCQ("what color ?", ("red", "green"), "A"),), (GOLD,), meta={"short_captions": [short]})
+    dense = short + " bottom small blue square ."
+    out = ReferenceMetric("rouge_l", references="short_captions")([short, dense], [record] * 2)
+    assert out.rewards[0] == pytest.approx(1.0) and out.rewards[1] < 1.0
+    assert math.isnan(ReferenceMetric(references="short_captions")([short], [_record()]).rewards[0])

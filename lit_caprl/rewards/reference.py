@@ -12,16 +12,18 @@ from lit_caprl.rewards.base import FrozenReward, RewardOutput
 
 
 class ReferenceMetric(FrozenReward):
-    """Per-caption BLEU-4 (smoothed), ROUGE-L F1 or chrF against `record.captions`.
+    """Per-caption BLEU-4 (smoothed), ROUGE-L F1 or chrF against the record's references.
 
-    A caption of a record without references scores NaN, which `CompositeReward` excludes
-    and counts; used alone, such a record is an error."""
+    `references`: "captions" (`record.captions`), or the name of a caption list in
+    `record.meta` (ShapesWorld's "short_captions": references as partial as human ones, where
+    a dense caption cannot score well). A caption of a record without references scores NaN,
+    which `CompositeReward` excludes and counts; used alone, such a record is an error."""
 
-    def __init__(self, metric: Literal["bleu", "rouge_l", "chrf"] = "rouge_l") -> None:
+    def __init__(self, metric: Literal["bleu", "rouge_l", "chrf"] = "rouge_l", references: str = "captions") -> None:
         super().__init__()
         if metric not in ("bleu", "rouge_l", "chrf"):
             raise ValueError(f"metric must be bleu | rouge_l | chrf, got {metric!r}")
-        self.metric = metric
+        self.metric, self.references = metric, references
         self.name = metric
 
     def _score(self, caption: str, refs: list[str]) -> float:
@@ -31,10 +33,13 @@ class ReferenceMetric(FrozenReward):
             return float(chrf_score([caption], [refs]))
         return float(rouge_score(caption, refs, rouge_keys="rougeL")["rougeL_fmeasure"])
 
+    def refs(self, record: Record) -> list[str]:
+        if self.references == "captions":
+            return list(record.captions)
+        return list(record.meta.get(self.references, []))
+
     def forward(self, captions: list[str], records: list[Record], step: int = 0) -> RewardOutput:
-        scores = [
-            self._score(c, list(r.captions)) if r.captions else float("nan")
-            for c, r in zip(captions, records, strict=True)
-        ]
+        refs = [self.refs(r) for r in records]
+        scores = [self._score(c, ref) if ref else float("nan") for c, ref in zip(captions, refs, strict=True)]
         rewards = torch.tensor(scores)
         return RewardOutput(rewards, {self.name: rewards})
