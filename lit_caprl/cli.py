@@ -12,6 +12,7 @@ lit-caprl report --data val.jsonl --reader READER --policy sft=EXPORT --policy g
 lit-caprl pipeline experiments/shapes/pipeline.yaml [--force grpo]
 lit-caprl caption --model EXPORT --in IMAGES_DIR --out captions.jsonl [--num-captions 4 --temperature 0.7]
 lit-caprl curate --data val.jsonl --vlm VLM_EXPORT --reader READER_EXPORT --out DIR
+lit-caprl plan -c experiments/caprl/grpo.yaml --gpu-memory 80
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ tools:
   report       eval plus a run's reward curve, stage times and the reader's own accuracy
   mine-pairs   sample, score and pair captions for DPO
   curate       CapRL's QA filter: keep questions that need the image
+  plan         per-GPU memory of a fit config at its real scale, and what makes it fit a GPU
 
 A mistake in a command, config or data prints one line (LIT_CAPRL_DEBUG=1 shows the traceback).
 """
@@ -189,6 +191,12 @@ def _caption(argv: list[str]) -> int:
     return 0
 
 
+def _plan(argv: list[str]) -> int:
+    from lit_caprl.plan import main as plan_main
+
+    return plan_main(argv)
+
+
 def _pipeline(argv: list[str]) -> int:
     from lit_caprl.pipeline import run_pipeline
 
@@ -212,6 +220,7 @@ TOOLS = {
     "curate": _curate,
     "caption": _caption,
     "pipeline": _pipeline,
+    "plan": _plan,
 }
 
 

@@ -50,19 +50,10 @@ def early_check(argv: list[str]) -> None:
             overrides.append(f"{arg[2:]}={argv[i + 1]}")
             i += 1
         i += 1
-    for f in files:
-        if not Path(f).is_file():
-            raise MissingPath(f"config file {f} does not exist")
     try:
-        cfg: dict = {}
-        for f in files:
-            cfg = _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
-        for item in overrides:
-            key, value = item.split("=", 1)
-            node: Any = yaml.safe_load(value) if value else None
-            for part in reversed(key.split(".")):
-                node = {part: node}
-            cfg = _merge(cfg, node)
+        cfg = read_config(files, overrides)
+    except MissingPath:
+        raise
     except Exception:  # noqa: BLE001 - syntax this reader does not know: LightningCLI will parse it
         return
     if isinstance(cfg, dict):
@@ -71,6 +62,23 @@ def early_check(argv: list[str]) -> None:
         preflight(cfg)
         if cfg.get("ckpt_path") == "last":
             last_checkpoint(Path((cfg.get("trainer") or {}).get("default_root_dir") or "."))
+
+
+def read_config(files: list[str], overrides: list[str]) -> dict:
+    """The config `-c` files (merged left to right) and `key=value` overrides make, as plain data."""
+    for f in files:
+        if not Path(f).is_file():
+            raise MissingPath(f"config file {f} does not exist")
+    cfg: dict = {}
+    for f in files:
+        cfg = _merge(cfg, yaml.safe_load(Path(f).read_text()) or {})
+    for item in overrides:
+        key, value = item.split("=", 1)
+        node: Any = yaml.safe_load(value) if value else None
+        for part in reversed(key.split(".")):
+            node = {part: node}
+        cfg = _merge(cfg, node)
+    return cfg
 
 
 def _merge(base: Any, new: Any) -> Any:
