@@ -5,16 +5,43 @@ Only torch and PIL are imported at the top, so a TRL worker process loads nothin
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
+import resource
+import subprocess
+import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distributions, version
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 COLORS = ("red", "green", "blue", "yellow")
 PACKAGES = ("lit-caprl", "torch", "transformers", "lightning", "trl", "peft", "accelerate", "pyarrow", "pillow")
+CONSTRAINTS = Path(__file__).parent / "constraints.txt"
+
+
+def unpinned() -> dict[str, dict[str, str | None]]:
+    """Installed packages whose version differs from `constraints.txt` (or that it lacks): an
+    empty dict means the result ran in the pinned environment."""
+    pins = dict(
+        re.match(r"([^=\s]+)==(\S+)", line).groups()
+        for line in CONSTRAINTS.read_text().splitlines()
+        if re.match(r"[^#\s].*==", line)
+    )
+    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    pins = {norm(k): v for k, v in pins.items()}
+    installed = {norm(d.metadata["Name"]): d.version for d in distributions()}
+    for tool in ("lit-caprl", "pip", "setuptools", "wheel"):  # ours, and the venv's own tools
+        installed.pop(tool, None)
+    return {
+        n: {"installed": installed.get(n), "pinned": pins.get(n)}
+        for n in sorted(set(pins) | set(installed))
+        if installed.get(n) != pins.get(n)
+    }
 
 
 def environment() -> dict:
@@ -29,11 +56,24 @@ def environment() -> dict:
             versions[name] = None
     return {
         "versions": versions,
+        "unpinned": unpinned(),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fresh_process(script: str, argv: list[str]) -> dict:
+    """Run one measurement as `python script argv` in a new process; its last stdout line is JSON."""
+    done = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def color_reward(texts: list[str]) -> list[float]:

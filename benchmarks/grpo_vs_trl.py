@@ -19,23 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import color_reward, environment, images, lit_grpo, step_times
+from common import color_reward, environment, fresh_process, images, lit_grpo, peak_rss_mb, step_times
 
 CONFIGS = [(4, 0.04), (4, 0.0), (1, 0.04), (1, 0.0)]  # (prompts per step, beta); G = 8
 G, LENGTH = 8, 64
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# TRL 1.16's TrainingArguments default to bf16=True and gradient_checkpointing=True. Both sides
+# here train fp32 weights that fit in memory many times over, so TRL at its best (and as the
+# anchors in ../shared/anchors ran it) turns both off: bf16 autocast on a CPU without
+# AVX512-BF16 emulates bf16 matmuls (slow in backward), and checkpointing recomputes forwards.
+# `--trl-defaults` keeps TRL's defaults, to measure what they cost.
+TRL_BEST = dict(bf16=False, gradient_checkpointing=False)
 
 
 def run_lit(model: str, prompts: int, beta: float, steps: int) -> list[float]:
@@ -44,7 +43,7 @@ def run_lit(model: str, prompts: int, beta: float, steps: int) -> list[float]:
     return step_times(stamps)
 
 
-def run_trl(model: str, prompts: int, beta: float, steps: int) -> list[float]:
+def run_trl(model: str, prompts: int, beta: float, steps: int, defaults: bool = False) -> list[float]:
     from datasets import Dataset
     from transformers import AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -84,6 +83,7 @@ def run_trl(model: str, prompts: int, beta: float, steps: int) -> list[float]:
             seed=0,
             disable_tqdm=True,
             max_grad_norm=1.0,
+            **({} if defaults else TRL_BEST),
         )
         processor = AutoProcessor.from_pretrained(model)
         trainer = GRPOTrainer(
@@ -101,32 +101,18 @@ def run_trl(model: str, prompts: int, beta: float, steps: int) -> list[float]:
 def worker(a: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     torch.set_num_threads(2)
-    run = run_lit if a.worker == "lit_caprl" else run_trl
-    steps = run(a.model, a.prompts, a.beta, a.steps)[a.warmup - 1 :]
+    if a.worker == "lit_caprl":
+        steps = run_lit(a.model, a.prompts, a.beta, a.steps)
+    else:
+        steps = run_trl(a.model, a.prompts, a.beta, a.steps, a.trl_defaults)
+    steps = steps[a.warmup - 1 :]
     print(json.dumps({"step_s": statistics.median(steps), "peak_rss_mb": peak_rss_mb()}))
 
 
 def measure(impl: str, model: str, prompts: int, beta: float, a: argparse.Namespace) -> dict:
-    argv = [
-        sys.executable,
-        __file__,
-        "--worker",
-        impl,
-        "--model",
-        model,
-        "--prompts",
-        str(prompts),
-        "--beta",
-        str(beta),
-        "--steps",
-        str(a.steps),
-        "--warmup",
-        str(a.warmup),
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{impl} worker failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    argv = ["--worker", impl, "--model", model, "--prompts", str(prompts), "--beta", str(beta)]
+    argv += ["--steps", str(a.steps), "--warmup", str(a.warmup), *(["--trl-defaults"] if a.trl_defaults else [])]
+    return fresh_process(__file__, argv)
 
 
 def main() -> None:
@@ -135,6 +121,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2, help="step times dropped at the start")
     p.add_argument("--quick", action="store_true", help="one config, one repeat, 4 steps: checks that it runs")
+    p.add_argument("--trl-defaults", action="store_true", help="TRL with its own bf16/checkpointing defaults")
     p.add_argument("--model", help="a Qwen2.5-VL save_pretrained dir (default: build the small tiny model)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "grpo_vs_trl.json"))
     p.add_argument("--worker", choices=["lit_caprl", "trl"], help=argparse.SUPPRESS)
@@ -179,6 +166,7 @@ def main() -> None:
         "warmup_dropped": a.warmup,
         "threads": 2,
         "model": a.model or "make_tiny qwen2_5_vl small (built here)",
+        "trl_settings": "TRL defaults" if a.trl_defaults else TRL_BEST,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     payload = {"settings": meta, "environment": environment(), "results": results}

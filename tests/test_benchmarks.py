@@ -64,6 +64,23 @@ def test_grpo_vs_trl_benchmark_quick(tmp_path):
         assert entry[key] > 0, key
 
 
+def test_sft_dpo_vs_trl_benchmark_quick(tmp_path):
+    out = tmp_path / "sd.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/sft_dpo_vs_trl.py"), "--quick", "--out", str(out)],
+        check=True,
+        timeout=900,
+    )
+    result = json.loads(out.read_text())
+    assert [e["stage"] for e in result["results"]] == ["sft", "dpo"]
+    for entry in result["results"]:
+        unit = entry["unit"]
+        for key in (f"lit_caprl_{unit}_per_s", f"trl_{unit}_per_s", "lit_caprl_peak_rss_mb", "trl_peak_rss_mb"):
+            assert entry[key] > 0, key
+        assert entry["ratio"] == pytest.approx(entry["trl_step_s"] / entry["lit_caprl_step_s"])
+    assert result["settings"]["trl_settings"] == {"bf16": False, "gradient_checkpointing": False}
+
+
 def test_scaling_benchmark_quick(tmp_path):
     out = tmp_path / "s.json"
     subprocess.run(

@@ -61,10 +61,12 @@ def param_groups(named_params, lr: float, vision_lr: float | None = None) -> lis
 def adamw_schedule(named_params, optim: Optim, total_steps: int) -> dict:
     """Lightning's optimizer dict over the trainable parameters of `named_params` (see
     `param_groups`); the schedule steps per optimizer step and scales every group alike.
+    `adamw` is PyTorch's fused AdamW (one kernel over all parameters, on the CPU as on GPUs;
+    the per-tensor loop PyTorch picks by default on the CPU cost 12 ms of a 165 ms SFT step);
     `adamw8bit` is bitsandbytes' AdamW with 8-bit states (a quarter of AdamW's state memory)."""
     groups = param_groups(named_params, optim.lr, optim.vision_lr)
     if optim.name == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
     elif optim.name == "adamw8bit":
         import bitsandbytes as bnb
 
@@ -89,9 +91,12 @@ class NonFiniteGuard:
         self.patience, self.in_a_row, self.skipped = patience, 0, 0
 
     def ok(self, loss: torch.Tensor | None, params) -> bool:
-        finite = (loss is None or bool(torch.isfinite(loss).all())) and all(
-            p.grad is None or bool(torch.isfinite(_local(p.grad)).all()) for p in params
-        )
+        """Whether the loss and every gradient are finite: one fused norm over this rank's
+        gradients, not a check per tensor (a norm that overflows counts as non-finite too)."""
+        finite = loss is None or bool(torch.isfinite(loss).all())
+        grads = [_local(p.grad) for p in params if p.grad is not None]
+        if finite and grads:
+            finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, foreach=True)))
         if all_ranks(finite):  # one rank's NaN skips the step everywhere, or the ranks would diverge
             self.in_a_row = 0
             return True
