@@ -31,7 +31,7 @@ train (LightningCLI, YAML configs in experiments/):
 tools:
   pipeline     run a pipeline file's stages in order, skipping finished ones
   data         ShapesWorld data (shapes), check JSONL (check), import CapRL / verl / captions / Prism data (import)
-  make-tiny    build a tiny random-init Qwen2.5-VL / LLaVA / Qwen2 model with a word-level tokenizer
+  make-tiny    build a tiny random-init Qwen2.5-VL / LLaVA / Qwen2 / CLIP model with a word-level tokenizer
   caption      caption a folder, JSONL or parquet of images with a trained export (resumable)
   eval         Prism-style caption utility of captioners on multiple-choice benchmarks
   report       eval plus a run's reward curve, stage times and the reader's own accuracy
@@ -44,11 +44,13 @@ A mistake in a command, config or data prints one line (LIT_CAPRL_DEBUG=1 shows 
 
 
 def _make_tiny(argv: list[str]) -> int:
-    from lit_caprl.models.tiny import make_tiny
+    from typing import get_args
+
+    from lit_caprl.models.tiny import Family, Size, make_tiny
 
     p = argparse.ArgumentParser(prog="lit-caprl make-tiny", description="Build and save a tiny random-init model.")
-    p.add_argument("--family", required=True, choices=["qwen2_5_vl", "llava", "qwen2"])
-    p.add_argument("--size", default="tiny", choices=["tiny", "mini", "small"])
+    p.add_argument("--family", required=True, choices=get_args(Family))
+    p.add_argument("--size", default="tiny", choices=get_args(Size))
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)

@@ -28,9 +28,9 @@ def test_comparisons_run_in_tiny_mode(tiny_models, shapes_root, tmp_path, monkey
     cfg.run_dir, cfg.reuse["from"] = str(tmp_path / "cmp"), str(main)
     rows = []
     for stage in cfg.stages:
-        if stage.name == "judge_rm":
+        if stage.name in ("judge_rm", "clip"):
             stage.overrides = {**stage.overrides, "trainer.max_steps": 2, "data.init_args.batch_size": 4}
-        elif "fit" in stage and stage.name not in ("reader_sft", "captioner_pretrain", "captioner_sft"):
+        elif "fit" in stage and stage.name not in ("reader_sft", "captioner_pretrain", "captioner_sft", "clip"):
             rows.append(stage.name)
             tiny = {
                 "model.init_args.max_rollout_steps": 2,
@@ -60,6 +60,8 @@ def test_comparisons_run_in_tiny_mode(tiny_models, shapes_root, tmp_path, monkey
         "rouge-l",
         "rouge-short",
         "judge",
+        "clip",
+        "qa+clip",
     }
     assert all(len(group["rows"]) == 2 for group in table["seeds"].values())
     assert "across seeds: mean (min-max)" in (run / "report" / "report.md").read_text()

@@ -12,6 +12,7 @@ __all__ = [
     "PairData",
     "PromptData",
     "ShapesCaptionData",
+    "ShapesImageTextData",
     "ShapesJudgeData",
     "ShapesPromptData",
     "ShapesReaderData",

@@ -152,3 +152,30 @@ class ShapesJudgeData(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.train_set = ListDataset(judge_pairs(self.reader.load(self.train_file), self.seed), dict)
         self.val_set = ListDataset(judge_pairs(self.reader.load(self.val_file), self.seed + 1), dict)
+
+
+class ShapesImageTextData(BaseDataModule):
+    """Images with their gold captions for `ClipStage`: the tiny CLIP of the image-caption
+    similarity reward learns which caption belongs to which scene."""
+
+    def __init__(
+        self,
+        root: str = "runs/data/shapes",
+        n_train: int = 4000,
+        n_val: int = 500,
+        seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        generate: bool = False,
+    ) -> None:
+        shapes_root = ShapesRoot(Path(root), n_train, n_val, seed, generate)
+        train, val = shapes_root.split("train"), shapes_root.split("val")
+        super().__init__(train, val, batch_size, num_workers, shapes=shapes_root)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = ListDataset(self.reader.load(self.train_file), self._example)
+        self.val_set = ListDataset(self.reader.load(self.val_file), self._example)
+
+    @staticmethod
+    def _example(record: Record) -> dict:
+        return {"image": record.load_image(), "caption": record.captions[0]}

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast
 from lit_caprl.data import prompts, shapes
 from lit_caprl.data.schema import LETTERS
 
-Family = Literal["qwen2_5_vl", "llava", "qwen2"]
+Family = Literal["qwen2_5_vl", "llava", "qwen2", "clip"]
 Size = Literal["tiny", "mini", "small"]
 
 SPECIAL_TOKENS = [
@@ -42,7 +42,12 @@ _CHAT_TEMPLATE = (
     "{% if c['type'] == 'image' %}IMAGE{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_IMAGE_MARKUP = {"qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "llava": "<image> ", "qwen2": ""}
+_IMAGE_MARKUP = {
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "llava": "<image> ",
+    "qwen2": "",
+    "clip": "",
+}
 
 # Decoder weights start at std 0.1 instead of Qwen's 0.02: at 0.02 the nine position words stay
 # too alike to match or copy, so the reader cannot look positions up and the captioner cannot tie
@@ -226,9 +231,50 @@ def _qwen2(tokenizer: PreTrainedTokenizerFast, size: Size):
     return Qwen2ForCausalLM(Qwen2Config(**_text_kwargs(tokenizer, size))), tokenizer
 
 
+def _clip(tokenizer: PreTrainedTokenizerFast, size: Size):
+    """A CLIP dual encoder for the image-caption similarity reward (`ClipSimilarity`). Its text
+    tower reads a caption's embedding at the first EOS, so the tokenizer appends one, and pads
+    on the right: with absolute positions, left padding would shift a caption's embedding with
+    the longest caption of its batch."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    eos = tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {eos}", special_tokens=[(eos, tokenizer.eos_token_id)]
+    )
+    tokenizer.padding_side = "right"
+    text, vision = _TEXT[size], _VISION[size]
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=text["hidden_size"],
+            intermediate_size=text["intermediate_size"],
+            num_hidden_layers=text["num_hidden_layers"],
+            num_attention_heads=text["num_attention_heads"],
+            max_position_embeddings=64,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            image_size=shapes.IMAGE_SIZE,
+            patch_size=shapes.CELL,  # one patch per grid cell, as the captioner's
+            hidden_size=vision["hidden_size"],
+            intermediate_size=vision["intermediate_size"],
+            num_hidden_layers=vision["depth"],
+            num_attention_heads=vision["num_heads"],
+        ),
+        projection_dim=text["hidden_size"],
+    )
+    side = {"height": shapes.IMAGE_SIZE, "width": shapes.IMAGE_SIZE}
+    image_processor = CLIPImageProcessor(size={"shortest_edge": shapes.IMAGE_SIZE}, crop_size=side)
+    return CLIPModel(config), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
 def make_tiny(family: Family, size: Size, out: str | Path, seed: int = 0) -> Path:
     """Build a random-init model of `family` and save it (model + processor/tokenizer) to `out`."""
-    builders = {"qwen2_5_vl": _qwen2_5_vl, "llava": _llava, "qwen2": _qwen2}
+    builders = {"qwen2_5_vl": _qwen2_5_vl, "llava": _llava, "qwen2": _qwen2, "clip": _clip}
     if family not in builders:
         raise ValueError(f"unknown family {family!r}; choose one of {sorted(builders)}")
     if size not in _TEXT:
@@ -236,7 +282,8 @@ def make_tiny(family: Family, size: Size, out: str | Path, seed: int = 0) -> Pat
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(family)
     model, processor = builders[family](tokenizer, size)
-    model.generation_config = _generation_config(tokenizer)
+    if model.can_generate():
+        model.generation_config = _generation_config(tokenizer)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

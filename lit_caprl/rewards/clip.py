@@ -25,6 +25,9 @@ class ClipSimilarity(FrozenReward):
         source = resolve(model)
         self.model = freeze(CLIPModel.from_pretrained(source, dtype=getattr(torch, dtype)))
         self.tokenizer = load_tokenizer(source)
+        # CLIP's text tower has absolute positions and reads the first EOS: padded on the left,
+        # a caption's embedding would shift with the longest caption of its batch.
+        self.tokenizer.padding_side = "right"
         self.image_processor = AutoImageProcessor.from_pretrained(source)
         self.max_length = self.model.config.text_config.max_position_embeddings
         self.batch_size = batch_size
