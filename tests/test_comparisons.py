@@ -28,9 +28,16 @@ def test_comparisons_run_in_tiny_mode(tiny_models, shapes_root, tmp_path, monkey
     cfg.run_dir, cfg.reuse["from"] = str(tmp_path / "cmp"), str(main)
     rows = []
     for stage in cfg.stages:
-        if stage.name in ("judge_rm", "clip"):
+        trained = ("judge_rm", "clip", "vqa_judge", "reader_leaky")
+        if stage.name in trained:
             stage.overrides = {**stage.overrides, "trainer.max_steps": 2, "data.init_args.batch_size": 4}
-        elif "fit" in stage and stage.name not in ("reader_sft", "captioner_pretrain", "captioner_sft", "clip"):
+        elif stage.name == "data_leaky":
+            stage.command = [str(a) for a in stage.command]
+            stage.command[stage.command.index("--n") + 1] = "64"
+            stage.command[stage.command.index("--n-val") + 1] = "16"
+        elif stage.name == "curated":  # untrained judges keep nothing at CapRL's thresholds: keep all
+            stage.command = [*stage.command, "--tau-v", "-1", "--tau-b", "2"]
+        elif "fit" in stage and stage.name not in ("reader_sft", "captioner_pretrain", "captioner_sft", *trained):
             rows.append(stage.name)
             tiny = {
                 "model.init_args.max_rollout_steps": 2,
@@ -62,6 +69,8 @@ def test_comparisons_run_in_tiny_mode(tiny_models, shapes_root, tmp_path, monkey
         "judge",
         "clip",
         "qa+clip",
+        "leaky",
+        "curated",
     }
     assert all(len(group["rows"]) == 2 for group in table["seeds"].values())
     assert "across seeds: mean (min-max)" in (run / "report" / "report.md").read_text()
