@@ -86,3 +86,25 @@ def test_rpo_adds_the_chosen_captions_token_nll(pairs_dir, tiny_models, tmp_path
     trainer.fit(module, datamodule=data)
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(want, abs=1e-4)
     assert trainer.callback_metrics["train/nll"].item() > 0
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_pair_logps_equal_each_caption_scored_on_its_own(pairs_dir, tiny_models, family):
+    """DPO encodes each pair's prompt and image once for both captions (a shared KV cache);
+    the log-probs must equal scoring every caption in its own forward pass, with gradients."""
+    pairs = str(pairs_dir / "pairs.jsonl")
+    data = PairData(pairs, pairs, batch_size=4)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    module = DPOStage(tiny_models[family])
+    chosen, rejected, tokens = module.sequence_logps(module.adapter, batch)
+    adapter = module.adapter
+    for i, prompt in enumerate(batch["prompt"]):
+        one = adapter.encode_prompts([adapter.chat(prompt, with_image=True)], [batch["image"][i]])
+        for caption, got in ((batch["chosen"][i], chosen[i]), (batch["rejected"][i], rejected[i])):
+            comps = adapter.encode_completions([caption])
+            alone = (adapter.completion_logprobs(one, comps) * comps.mask).sum()
+            assert got.item() == pytest.approx(alone.item(), abs=1e-4)
+        assert tokens[i] == len(adapter.encode_completions([batch["chosen"][i]]).ids[0])
+    chosen.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.policy.parameters())

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lit_caprl.models.adapter import VLMAdapter
+from lit_caprl.models.batches import Completions, PromptBatch
 from lit_caprl.models.lora import LoRA, reference_mode
 from lit_caprl.stages import losses
 from lit_caprl.stages.optim import GuardedOptimization, Optim
@@ -55,27 +56,39 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
         self.ref_cache: dict[str, tuple[float, float]] = {}
         self.use_ref_cache = False
 
-    def sequence_logps(self, adapter: VLMAdapter, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
-        """Log-probs of the chosen and of the rejected captions, [P] each, in one forward pass,
-        and the chosen captions' token counts."""
+    def encode(self, batch: dict) -> tuple[PromptBatch, Completions]:
+        """Each pair's prompt once per pair, repeated for its two rows (chosen, rejected, next
+        pair's chosen, ...), and the captions in that order. Policy and reference share them."""
         n = len(batch["chosen"])
         texts = [self.adapter.chat(p, with_image=True) for p in batch["prompt"]]
         prompts = self.adapter.encode_prompts(texts, batch["image"]).to(self.device)
-        prompts = prompts.select(torch.arange(n, device=self.device).repeat(2))
-        comps = self.adapter.encode_completions(batch["chosen"] + batch["rejected"]).to(self.device)
-        logp = adapter.completion_logprobs(prompts, comps)
+        prompts = prompts.select(torch.arange(n, device=self.device).repeat_interleave(2))
+        pairs = [text for pair in zip(batch["chosen"], batch["rejected"], strict=True) for text in pair]
+        return prompts, self.adapter.encode_completions(pairs).to(self.device)
+
+    def sequence_logps(
+        self, adapter: VLMAdapter, batch: dict, encoded: tuple[PromptBatch, Completions] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Log-probs of the chosen and of the rejected captions, [P] each, in one forward pass in
+        which each pair's prompt and image are encoded once (`group=2`; per row under activation
+        checkpointing, which drops the shared cache), and the chosen captions' token counts."""
+        prompts, comps = encoded or self.encode(batch)
+        checkpointing = adapter.base.is_activation_checkpointing and torch.is_grad_enabled()
+        logp = adapter.completion_logprobs(prompts, comps, group=1 if checkpointing else 2)
         mask = comps.mask.to(logp.dtype)
         seq, tokens = (logp * mask).sum(-1), mask.sum(-1).clamp(min=1)
         if self.hparams.loss_type == "ipo":
             seq = seq / tokens
-        return seq[:n], seq[n:], tokens[:n]
+        return seq[0::2], seq[1::2], tokens[0::2]
 
-    def reference_logps(self, batch: dict) -> tuple[Tensor, Tensor]:
+    def reference_logps(
+        self, batch: dict, encoded: tuple[PromptBatch, Completions] | None = None
+    ) -> tuple[Tensor, Tensor]:
         if self.use_ref_cache:
             cached = torch.tensor([self.ref_cache[i] for i in batch["id"]], device=self.device)
             return cached[:, 0], cached[:, 1]
         with torch.no_grad(), reference_mode(self.policy):
-            return self.sequence_logps(self.ref_adapter or self.adapter, batch)[:2]
+            return self.sequence_logps(self.ref_adapter or self.adapter, batch, encoded)[:2]
 
     def on_fit_start(self) -> None:
         """With `precompute_ref_logps`, score every training and validation pair once."""
@@ -93,8 +106,9 @@ class DPOStage(PolicyStage, GuardedOptimization, L.LightningModule):
 
     def step(self, batch: dict, prefix: str) -> Tensor:
         hp = self.hparams
-        chosen, rejected, chosen_tokens = self.sequence_logps(self.adapter, batch)
-        ref_chosen, ref_rejected = self.reference_logps(batch)
+        encoded = self.encode(batch)
+        chosen, rejected, chosen_tokens = self.sequence_logps(self.adapter, batch, encoded)
+        ref_chosen, ref_rejected = self.reference_logps(batch, encoded)
         loss, r_chosen, r_rejected = losses.dpo_loss(
             chosen, rejected, ref_chosen, ref_rejected, hp.beta, hp.loss_type, hp.label_smoothing
         )
