@@ -3,9 +3,11 @@ checkpoint (and gold captions as the ceiling where the benchmark has them), then
 times and the GRPO reward curve (`report_files.py` writes them). `lit-caprl eval` makes the
 tables; `lit-caprl report` adds the run's story.
 
-A row: `utility` (the mean over all captions; Prism's measure), `best_of_n` (the mean over
-images of the best of its N captions, as CapRL reports with N=4), and, where the records keep
-a ShapesWorld scene, object `precision` and `recall`; mean `length` in words.
+A row: `utility` (the mean over all captions; Prism's measure) and `utility_se`, its standard
+error over the benchmark's images (the evaluation noise: which images were drawn, and the
+reader's draws on them), `best_of_n` (the mean over images of the best of its N captions, as
+CapRL reports with N=4), and, where the records keep a ShapesWorld scene, object `precision`
+and `recall`; mean `length` in words.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lit_caprl.data.importer import cached_import
 from lit_caprl.data.schema import Record, load_records
 from lit_caprl.models.loading import load_export, load_model
 
-COLUMNS = ("utility", "best_of_n", "precision", "recall", "length", "repetition")
+COLUMNS = ("utility", "utility_se", "best_of_n", "precision", "recall", "length", "repetition")
 EXAMPLES = 12  # images per benchmark whose captions the report shows side by side
 
 
@@ -42,8 +44,10 @@ def score_row(
     """One table row for `num_captions` captions per record (a record's consecutively)."""
     repeated = [r for r in records for _ in range(num_captions)]
     scores = evaluate.caption_scores(judge, captions, repeated, seeds)
+    per_image = scores.view(-1, num_captions).mean(1)
     row = {
         "utility": float(scores.mean()),
+        "utility_se": float(per_image.std() / len(per_image) ** 0.5) if len(per_image) > 1 else None,
         "best_of_n": float(scores.view(-1, num_captions).max(1).values.mean()) if num_captions > 1 else None,
         "precision": None,
         "recall": None,

@@ -39,10 +39,14 @@ def markdown(tables: dict[str, dict], stages: dict) -> str:
                 else None
             )
             pct = f"{closed:.0%}" if closed is not None else ""
+            se = r.get("utility_se")
+            interval = f" ±{1.96 * se:.3f}" if se else ""
             lines.append(
-                f"| {name} | {r['utility']:.3f} | {_cell(r['best_of_n'])} | {_cell(r['precision'])} "
+                f"| {name} | {r['utility']:.3f}{interval} | {_cell(r['best_of_n'])} | {_cell(r['precision'])} "
                 f"| {_cell(r['recall'])} | {r['length']:.1f} | {_cell(r.get('repetition'), '.2f')} | {pct} |"
             )
+        if any(r.get("utility_se") for r in rows.values()):
+            lines.append("\n± : a 95% interval of the utility over this benchmark's images (1.96 standard errors)")
         lines.append("")
         lines += _seed_table(rows)
     if stages:
@@ -204,7 +208,7 @@ def log_to_wandb(out_dir: str | Path, project: str, name: str | None = None) -> 
     run = wandb.init(project=project, name=name, job_type="report", dir=str(out.parent))
     columns = ["benchmark", "checkpoint", *COLUMNS]
     rows = [
-        [bench, ckpt, *(r[c] for c in COLUMNS)]
+        [bench, ckpt, *(r.get(c) for c in COLUMNS)]
         for bench, entry in payload["benchmarks"].items()
         for ckpt, r in entry["rows"].items()
     ]

@@ -29,6 +29,8 @@ def test_best_of_n_hand_computed(shapes_root):
     row = report.score_row(judge, ["a b", "c", "d", "e"], records, seeds=[0], num_captions=2)
     assert row["utility"] == pytest.approx(0.375)  # mean of all four captions
     assert row["best_of_n"] == pytest.approx(0.625)  # (max(0.25, 0.75) + max(0.5, 0.0)) / 2
+    # Noise over images: per-image means 0.5 and 0.25, sample std 0.25 / sqrt(2) = 0.1768, over sqrt(2).
+    assert row["utility_se"] == pytest.approx(0.125)
     assert row["length"] == pytest.approx(1.25) and row["precision"] is not None  # ShapesWorld: fidelity too
 
 

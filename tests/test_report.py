@@ -25,7 +25,15 @@ def test_write_report_files_and_schema(tmp_path):
     payload = json.loads((tmp_path / "report.json").read_text())
     table = payload["benchmarks"]["heldout"]
     assert set(table["rows"]) == {"sft", "grpo", "gold"} and payload["stages"]["grpo"]["wall_s"] == 300.0
-    assert set(table["rows"]["grpo"]) == {"utility", "best_of_n", "precision", "recall", "length", "repetition"}
+    assert set(table["rows"]["grpo"]) == {
+        "utility",
+        "utility_se",
+        "best_of_n",
+        "precision",
+        "recall",
+        "length",
+        "repetition",
+    }
     assert table["gap_closed"]["grpo"] == pytest.approx(0.6)
     assert "| grpo | 0.700 | - | 0.850 |" in md and (tmp_path / "report.png").stat().st_size > 0
 
