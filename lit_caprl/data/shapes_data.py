@@ -60,10 +60,9 @@ class ShapesPromptData(PromptData):
         self.shapes = ShapesRoot(Path(root), n_train, n_val, seed, generate)
 
 
-class _ShapesQA(BaseDataModule):
-    """MCQ SFT on ShapesWorld, examples from `shapes_qa`. `answer_format` (letter | cloze, see
-    `lit_caprl.mcq`) must match the one the trained model is later asked in (the reward's,
-    `eval`'s and `curate`'s `answer_format`). Validation draws its option orders with seed + 1."""
+class _ShapesSets(BaseDataModule):
+    """A ShapesWorld data set's train and val splits, each turned into examples by `dataset`;
+    validation draws with seed + 1, so its examples differ from training's."""
 
     def __init__(
         self,
@@ -73,18 +72,30 @@ class _ShapesQA(BaseDataModule):
         seed: int = 0,
         batch_size: int = 32,
         num_workers: int = 0,
-        answer_format: mcq.AnswerFormat = "letter",
         generate: bool = False,
     ) -> None:
         shapes_root = ShapesRoot(Path(root), n_train, n_val, seed, generate)
         train, val = shapes_root.split("train"), shapes_root.split("val")
         super().__init__(train, val, batch_size, num_workers, shapes=shapes_root)
-        mcq.check_format(answer_format)
-        self.answer_format, self.seed = answer_format, seed
+        self.seed = seed
+
+    def dataset(self, records: list[Record], seed: int, training: bool) -> ListDataset:
+        raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self.dataset(self.reader.load(self.train_file), self.seed, training=True)
         self.val_set = self.dataset(self.reader.load(self.val_file), self.seed + 1, training=False)
+
+
+class _ShapesQA(_ShapesSets):
+    """MCQ SFT on ShapesWorld, examples from `shapes_qa`. `answer_format` (letter | cloze, see
+    `lit_caprl.mcq`) must match the one the trained model is later asked in (the reward's,
+    `eval`'s and `curate`'s `answer_format`)."""
+
+    def __init__(self, *args: Any, answer_format: mcq.AnswerFormat = "letter", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        mcq.check_format(answer_format)
+        self.answer_format = answer_format
 
 
 class ShapesReaderData(_ShapesQA):
@@ -130,51 +141,23 @@ def judge_pairs(records: list[Record], seed: int, per_record: int = 2) -> list[d
     return pairs
 
 
-class ShapesJudgeData(BaseDataModule):
+class ShapesJudgeData(_ShapesSets):
     """Gold-vs-corrupted caption pairs for `RewardModelStage`: a judge without eyes, the kind of
-    learned reward CapRL's QA reward is compared with. Validation pairs draw with seed + 1."""
+    learned reward CapRL's QA reward is compared with."""
 
-    def __init__(
-        self,
-        root: str = "runs/data/shapes",
-        n_train: int = 4000,
-        n_val: int = 500,
-        seed: int = 0,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        generate: bool = False,
-    ) -> None:
-        shapes_root = ShapesRoot(Path(root), n_train, n_val, seed, generate)
-        train, val = shapes_root.split("train"), shapes_root.split("val")
-        super().__init__(train, val, batch_size, num_workers, shapes=shapes_root)
-        self.seed = seed
-
-    def setup(self, stage: str | None = None) -> None:
-        self.train_set = ListDataset(judge_pairs(self.reader.load(self.train_file), self.seed), dict)
-        self.val_set = ListDataset(judge_pairs(self.reader.load(self.val_file), self.seed + 1), dict)
+    def dataset(self, records: list[Record], seed: int, training: bool) -> ListDataset:
+        return ListDataset(judge_pairs(records, seed), dict)
 
 
-class ShapesImageTextData(BaseDataModule):
+class ShapesImageTextData(_ShapesSets):
     """Images with their gold captions for `ClipStage`: the tiny CLIP of the image-caption
     similarity reward learns which caption belongs to which scene."""
 
-    def __init__(
-        self,
-        root: str = "runs/data/shapes",
-        n_train: int = 4000,
-        n_val: int = 500,
-        seed: int = 0,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        generate: bool = False,
-    ) -> None:
-        shapes_root = ShapesRoot(Path(root), n_train, n_val, seed, generate)
-        train, val = shapes_root.split("train"), shapes_root.split("val")
-        super().__init__(train, val, batch_size, num_workers, shapes=shapes_root)
+    def __init__(self, *args: Any, batch_size: int = 64, **kwargs: Any) -> None:
+        super().__init__(*args, batch_size=batch_size, **kwargs)
 
-    def setup(self, stage: str | None = None) -> None:
-        self.train_set = ListDataset(self.reader.load(self.train_file), self._example)
-        self.val_set = ListDataset(self.reader.load(self.val_file), self._example)
+    def dataset(self, records: list[Record], seed: int, training: bool) -> ListDataset:
+        return ListDataset(records, self._example)
 
     @staticmethod
     def _example(record: Record) -> dict:
