@@ -80,6 +80,7 @@ class _ShapesSets(BaseDataModule):
         self.seed = seed
 
     def dataset(self, records: list[Record], seed: int, training: bool) -> ListDataset:
+        """One split's examples; each subclass says what they are."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
