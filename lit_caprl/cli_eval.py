@@ -44,32 +44,62 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=500, help="records per benchmark (sampled with a fixed seed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (MCQ draws)")
     p.add_argument("--answer-format", choices=MCQ_FORMATS, help=ANSWER_FORMAT_HELP)
+    p.add_argument(
+        "--rows-from",
+        metavar="DIR",
+        help="keep the rows of an earlier eval/report in DIR, scored with the same settings (checked)",
+    )
     p.add_argument("--out", required=True, help="directory for report.json, report.md, report.png")
 
 
-def _tables(a: argparse.Namespace) -> dict:
+def _benchmarks(a: argparse.Namespace) -> dict[str, str]:
     from lit_caprl.errors import ConfigError
 
     benchmarks = dict(item.split("=", 1) for item in a.benchmark) | ({"heldout": a.data} if a.data else {})
     if not benchmarks:
         raise ConfigError("give at least one --benchmark NAME=FILE (or --data FILE)")
-    from lit_caprl import report
+    return benchmarks
+
+
+def _settings(a: argparse.Namespace) -> dict:
+    """What a row's numbers depend on besides its captioner: rows scored with equal settings
+    can share one table (`--rows-from`)."""
+    from lit_caprl import mcq
     from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
 
-    policies = dict(item.split("=", 1) for item in a.policy)
+    local = lambda path: str(Path(path).resolve()) if Path(path).exists() else path  # noqa: E731
+    return {
+        "benchmarks": {name: local(path) for name, path in _benchmarks(a).items()},
+        "format": a.format,
+        "reader": local(a.reader),
+        "answer_format": mcq.resolve_format(a.reader, a.answer_format),
+        "n": a.n,
+        "seeds": a.seeds,
+        "num_captions": a.num_captions,
+        "temperature": a.temperature,
+        "prompt": a.prompt or DEFAULT_CAPTION_PROMPT,
+        "max_new_tokens": a.max_new_tokens,
+    }
+
+
+def _tables(a: argparse.Namespace, earlier: dict | None = None) -> dict:
+    from lit_caprl import report
+
+    settings = _settings(a)
     return report.evaluate_benchmarks(
-        benchmarks,
+        _benchmarks(a),
         a.reader,
-        policies,
+        dict(item.split("=", 1) for item in a.policy),
         a.n,
         a.seeds,
-        a.answer_format,
+        settings["answer_format"],
         a.format,
         a.num_captions,
         a.temperature,
-        a.prompt or DEFAULT_CAPTION_PROMPT,
+        settings["prompt"],
         a.max_new_tokens,
         dict(item.split("=", 1) for item in a.captions),
+        earlier,
     )
 
 
@@ -81,12 +111,14 @@ def eval_command(argv: list[str]) -> int:
     )
     _benchmark_args(p)
     a = p.parse_args(argv)
-    tables = _tables(a)
-    from lit_caprl import report_files
+    from lit_caprl import report, report_files
     from lit_caprl.io import atomic_dir
 
+    settings = _settings(a)
+    earlier = report.earlier_rows(a.rows_from, settings)[0] if a.rows_from else None
+    tables = _tables(a, earlier)
     with atomic_dir(a.out) as tmp:
-        print(report_files.write_report(tmp, tables))
+        print(report_files.write_report(tmp, tables, settings=settings))
     return 0
 
 
@@ -106,15 +138,18 @@ def report_command(argv: list[str]) -> int:
     p.add_argument("--stages", help="stages.json with wall times (written by `lit-caprl pipeline`)")
     p.add_argument("--wandb-project", help="also log the report to this W&B project (as an artifact)")
     a = p.parse_args(argv)
-    tables = _tables(a)
+    settings = _settings(a)
+    earlier, reader = report.earlier_rows(a.rows_from, settings) if a.rows_from else (None, {})
+    tables = _tables(a, earlier)
     curve = []
     if a.curve:
         logs = sorted(Path(a.curve).rglob("metrics.csv"), key=lambda f: f.stat().st_mtime)
         curve = report.reward_curve(logs[-1]) if logs else []
     stages = json.loads(Path(a.stages).read_text()) if a.stages and Path(a.stages).exists() else {}
-    reader = report.reader_quality(a.data, a.reader, a.n_reader, a.answer_format) if a.data else None
+    if reader.get("records") != a.n_reader and a.data:  # else the earlier report's, on the same data and reader
+        reader = report.reader_quality(a.data, a.reader, a.n_reader, a.answer_format)
     with atomic_dir(a.out) as tmp:
-        print(report_files.write_report(tmp, tables, stages, curve, reader))
+        print(report_files.write_report(tmp, tables, stages, curve, reader, settings))
     if a.wandb_project:
         report_files.log_to_wandb(a.out, a.wandb_project)
     return 0

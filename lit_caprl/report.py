@@ -22,6 +22,7 @@ from lit_caprl import evaluate, mcq
 from lit_caprl.data import prompts
 from lit_caprl.data.importer import cached_import
 from lit_caprl.data.schema import Record, load_records
+from lit_caprl.errors import ConfigError, MissingPath
 from lit_caprl.models.loading import load_export, load_model
 
 COLUMNS = ("utility", "utility_se", "best_of_n", "precision", "recall", "length", "repetition")
@@ -74,16 +75,24 @@ def evaluate_benchmarks(
     prompt: str = prompts.DEFAULT_CAPTION_PROMPT,
     max_new_tokens: int = 64,
     captions: dict[str, str] | None = None,
+    earlier: dict[str, dict[str, dict]] | None = None,
 ) -> dict[str, dict]:
     """{benchmark: {"rows": {row: scores}, "images": its first `EXAMPLES` images}}: each
     policy's captions of `n` records per benchmark (greedy for one caption, else `num_captions`
     sampled at `temperature`), scored by the frozen reader;
     gold captions where every record has one (the ceiling), and the empty caption for scale.
     `captions` adds rows from `lit-caprl caption` output files (NAME -> JSONL), e.g. written on
-    GPUs beforehand: their first `num_captions` captions per image are scored."""
-    judge = evaluate.utility_judge(reader, answer_format)
+    GPUs beforehand: their first `num_captions` captions per image are scored. `earlier`
+    ({benchmark: {row: scores}}, see `earlier_rows`) holds rows already scored with these
+    settings: they are kept, not scored again."""
     data = {name: benchmark_records(path, fmt, n) for name, path in benchmarks.items()}
     tables = {name: {"rows": {}, "images": [str(r.image) for r in recs[:EXAMPLES]]} for name, recs in data.items()}
+    for name, rows in (earlier or {}).items():
+        again = sorted(set(rows) & (set(policies) | set(captions or {})))
+        if again:
+            raise ConfigError(f"rows {again} were scored earlier; give each row once")
+        tables[name]["rows"].update(rows)
+    judge = evaluate.utility_judge(reader, answer_format)
     for row_name, path in (captions or {}).items():
         written = captions_file(path)
         for name, records in data.items():
@@ -110,10 +119,34 @@ def evaluate_benchmarks(
         del adapter
     for name, records in data.items():
         rows = tables[name]["rows"]
-        if all(r.captions for r in records):
+        if "gold" not in rows and all(r.captions for r in records):
             rows["gold"] = score_row(judge, [r.captions[0] for r in records], records, seeds)
-        rows["empty"] = score_row(judge, [""] * len(records), records, seeds) | {"precision": None, "recall": None}
+        if "empty" not in rows:
+            rows["empty"] = score_row(judge, [""] * len(records), records, seeds) | {"precision": None, "recall": None}
+        for last in ("gold", "empty"):  # the ceiling and the floor close every table
+            if last in rows:
+                rows[last] = rows.pop(last)
     return tables
+
+
+def earlier_rows(out_dir: str | Path, settings: dict) -> tuple[dict[str, dict[str, dict]], dict]:
+    """The rows, per benchmark, and the reader's accuracy of an earlier `eval` or `report` in
+    `out_dir`, checked to have been scored with these `settings` (the same benchmarks, reader,
+    draws and captioning): rows that a later stage does not change are scored while it runs."""
+    path = Path(out_dir) / "report.json"
+    if not path.is_file():
+        raise MissingPath(f"{path} does not exist: --rows-from needs the output of an earlier eval or report")
+    payload = json.loads(path.read_text())
+    theirs = payload.get("settings", {})
+    differ = sorted(k for k in settings.keys() | theirs.keys() if settings.get(k) != theirs.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} here" for k in differ)
+        raise ConfigError(f"{path} was scored with other settings, so its rows cannot join this table ({detail})")
+    rows = {
+        bench: {name: {**row, "examples": entry["examples"].get(name, [])} for name, row in entry["rows"].items()}
+        for bench, entry in payload["benchmarks"].items()
+    }
+    return rows, payload.get("reader") or {}
 
 
 def captions_file(path: str) -> dict[str, list[str]]:
@@ -138,7 +171,8 @@ def reader_quality(
     if not evaluate.has_objects(records):
         return None
     with torch.no_grad():
-        return evaluate.reader_accuracy(load_model(reader), records, mcq.resolve_format(reader, answer_format))
+        accuracy = evaluate.reader_accuracy(load_model(reader), records, mcq.resolve_format(reader, answer_format))
+    return accuracy | {"records": n}
 
 
 MIN_GAP = 0.02  # below this, gold vs start is within evaluation noise: no headroom to speak of

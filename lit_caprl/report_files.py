@@ -111,12 +111,14 @@ def write_report(
     stages: dict | None = None,
     curve: list[tuple[int, float]] | None = None,
     reader: dict | None = None,
+    settings: dict | None = None,
 ) -> str:
-    """Write report.json / report.md / report.png under `out_dir`; return the markdown."""
+    """Write report.json / report.md / report.png under `out_dir`; return the markdown.
+    `settings` (what the rows were scored with) lets a later report take rows from this one."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages, curve = stages or {}, curve or []
-    payload: dict = {"benchmarks": {}, "stages": stages, "reader": reader or {}}
+    payload: dict = {"benchmarks": {}, "stages": stages, "reader": reader or {}, "settings": settings or {}}
     for bench, table in tables.items():
         rows = table["rows"]
         entry = {

@@ -133,6 +133,37 @@ def test_report_cli_on_shapesworld_adds_fidelity_gold_and_the_readers_accuracy(t
     assert 0 <= payload["reader"]["accuracy"] <= 1
 
 
+def test_report_keeps_the_rows_of_an_earlier_report_scored_with_the_same_settings(
+    tiny_models, shapes_root, tmp_path, monkeypatch, capsys
+):
+    """The pipeline scores SFT, DPO and gold while GRPO trains, and the final report adds GRPO:
+    the table must be the one a single report gives, and mismatched settings must refuse."""
+    base = ["report", "--data", f"{shapes_root}/val.jsonl", "--reader", tiny_models["qwen2"], "--n-reader", "4"]
+    base += ["--seeds", "0", "--max-new-tokens", "8"]
+    policy = tiny_models["qwen2_5_vl"]
+    assert cli.main([*base, "--n", "4", "--policy", f"a={policy}", "--out", str(tmp_path / "first")]) == 0
+    first = json.loads((tmp_path / "first" / "report.json").read_text())
+
+    monkeypatch.setattr(report, "reader_quality", lambda *a, **k: pytest.fail("the earlier accuracy is kept"))
+    later = ["--n", "4", "--policy", f"b={policy}", "--rows-from", str(tmp_path / "first")]
+    assert cli.main([*base, *later, "--out", str(tmp_path / "final")]) == 0
+    final = json.loads((tmp_path / "final" / "report.json").read_text())
+    rows = final["benchmarks"]["heldout"]["rows"]
+    assert list(rows) == ["a", "b", "gold", "empty"]  # the ceiling and the floor still close the table
+    for name in ("a", "gold", "empty"):
+        assert rows[name] == first["benchmarks"]["heldout"]["rows"][name]
+    assert rows["b"] == rows["a"]  # the same captioner, scored afresh the same way
+    assert final["benchmarks"]["heldout"]["examples"]["a"] == first["benchmarks"]["heldout"]["examples"]["a"]
+    assert final["reader"] == first["reader"]
+
+    again = ["--rows-from", str(tmp_path / "first"), "--out", str(tmp_path / "x")]
+    assert cli.main([*base, "--n", "3", "--policy", f"b={policy}", *again]) == 2
+    assert "scored with other settings (n: 4 there, 3 here)" in capsys.readouterr().err
+    assert cli.main([*base, "--n", "4", "--policy", f"a={policy}", *again]) == 2
+    assert "rows ['a'] were scored earlier" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_eval_scores_captions_written_by_caption_and_names_missing_ids(tiny_models, shapes_root, tmp_path, monkeypatch):
     monkeypatch.setenv("LIT_CAPRL_CACHE", str(tmp_path / "cache"))
     _, prism = _benchmarks(shapes_root, tmp_path / "bench", n=4)
