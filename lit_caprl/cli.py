@@ -201,6 +201,7 @@ def _plan(argv: list[str]) -> int:
 
 def _pipeline(argv: list[str]) -> int:
     from lit_caprl.pipeline import run_pipeline
+    from lit_caprl.pipeline_file import load_pipeline
 
     p = argparse.ArgumentParser(prog="lit-caprl pipeline", description="Run a pipeline file's stages in order.")
     p.add_argument("file")
@@ -208,8 +209,9 @@ def _pipeline(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, help="seed of every stage ({seed}); the run goes to RUN_DIR-seedN")
     a = p.parse_args(argv)
     run = run_pipeline(a.file, a.force, seed=a.seed)
-    for md in sorted(run.glob("*/report.md")):
-        print(f"== {md}\n{md.read_text()}")
+    for stage in load_pipeline(a.file).stages:  # in stage order: the last report is the run's whole table
+        if (md := run / stage.name / "report.md").is_file():
+            print(f"== {md}\n{md.read_text()}")
     return 0
 
 
