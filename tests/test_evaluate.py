@@ -158,7 +158,8 @@ def test_report_keeps_the_rows_of_an_earlier_report_scored_with_the_same_setting
 
     again = ["--rows-from", str(tmp_path / "first"), "--out", str(tmp_path / "x")]
     assert cli.main([*base, "--n", "3", "--policy", f"b={policy}", *again]) == 2
-    assert "scored with other settings (n: 4 there, 3 here)" in capsys.readouterr().err
+    refused = capsys.readouterr().err
+    assert "scored with other settings" in refused and "(n: 4 there, 3 here)" in refused
     assert cli.main([*base, "--n", "4", "--policy", f"a={policy}", *again]) == 2
     assert "rows ['a'] were scored earlier" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
