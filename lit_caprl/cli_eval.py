@@ -82,10 +82,9 @@ def _settings(a: argparse.Namespace) -> dict:
     }
 
 
-def _tables(a: argparse.Namespace, earlier: dict | None = None) -> dict:
+def _tables(a: argparse.Namespace, settings: dict, earlier: dict | None = None) -> dict:
     from lit_caprl import report
 
-    settings = _settings(a)
     return report.evaluate_benchmarks(
         _benchmarks(a),
         a.reader,
@@ -116,7 +115,7 @@ def eval_command(argv: list[str]) -> int:
 
     settings = _settings(a)
     earlier = report.earlier_rows(a.rows_from, settings)[0] if a.rows_from else None
-    tables = _tables(a, earlier)
+    tables = _tables(a, settings, earlier)
     with atomic_dir(a.out) as tmp:
         print(report_files.write_report(tmp, tables, settings=settings))
     return 0
@@ -140,7 +139,7 @@ def report_command(argv: list[str]) -> int:
     a = p.parse_args(argv)
     settings = _settings(a)
     earlier, reader = report.earlier_rows(a.rows_from, settings) if a.rows_from else (None, {})
-    tables = _tables(a, earlier)
+    tables = _tables(a, settings, earlier)
     curve = []
     if a.curve:
         logs = sorted(Path(a.curve).rglob("metrics.csv"), key=lambda f: f.stat().st_mtime)
