@@ -89,8 +89,9 @@ def load_model(
 def default_attention(config: PretrainedConfig) -> str:
     """ "sdpa", except "eager" for a text-only model with heads narrower than 32 dims (the tiny
     reader), whose recipe was tuned under eager: when chosen, eager was 1.3x faster there; with
-    torch 2.14 sdpa is 10% faster, but its rounding re-rolls whether the reader learns its
-    multi-object lookups by step 7,000 (seed 0: gold utility 0.890 against 0.916). Vision models
+    torch 2.14 sdpa is 10% faster, but its rounding re-rolls the reader's multi-object lookups
+    (gold utility, seeds 0 / 1 / 2: 0.916 / 0.906 / 0.920 against eager's 0.916 / 0.925 / 0.923,
+    with weight decay; seed 0 without it: 0.890 against 0.916). Vision models
     keep "sdpa": eager gained the tiny Qwen2.5-VL little, and its rounding differences once tipped
     a captioner recipe that was then fragile into not learning to see (RESULTS.md)."""
     if hasattr(config, "vision_config"):
