@@ -47,7 +47,7 @@ def test_sampled_answer_parsing():
     assert mcq.sampled_choice("green", options, "cloze") is None and mcq.sampled_choice("", options, "cloze") is None
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])  # the tiny reader's, and a real reader's
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])  # a user's choice, and the default
 def test_cloze_scores_equal_separate_full_forward_passes(tiny_models, records, attn):
     """Shared-prompt cloze scoring (a prompt's options side by side in one pass) vs an
     independent formulation: one plain forward per (prompt, option) sequence, summing
@@ -73,7 +73,7 @@ def test_cloze_scores_equal_separate_full_forward_passes(tiny_models, records, a
     assert torch.isinf(got[1, 3:]).all() and torch.isfinite(got[0]).all()
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])  # the tiny reader's, and a real reader's
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])  # a user's choice, and the default
 @pytest.mark.parametrize(("answer_format", "group"), [("letter", 4), ("cloze", 4), ("letter", 5), ("cloze", 5)])
 def test_shared_prefix_scores_equal_scoring_each_prompt_alone(tiny_models, records, answer_format, group, attn):
     """`group`: runs of prompts about one caption share the encoded instructions and caption.

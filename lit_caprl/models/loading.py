@@ -20,7 +20,6 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     BitsAndBytesConfig,
-    PretrainedConfig,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
@@ -61,7 +60,7 @@ def load_model(
     quantize: str | None = None,
 ) -> VLMAdapter:
     """Model + processor (vision models) or tokenizer (text-only readers) wrapped in the adapter.
-    `attn_implementation=None` picks `default_attention`; `quantize="nf4"` loads the weights in
+    `attn_implementation=None` picks PyTorch's fused attention ("sdpa"); `quantize="nf4"` loads the weights in
     bitsandbytes 4-bit (the frozen base of QLoRA)."""
     source = resolve(name_or_path)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -73,7 +72,7 @@ def load_model(
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
         )
-    kwargs["attn_implementation"] = attn_implementation or default_attention(config)
+    kwargs["attn_implementation"] = attn_implementation or "sdpa"
     if hasattr(config, "vision_config"):
         model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
         processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -84,20 +83,6 @@ def load_model(
         _keep_4bit_trainable(model)
     patches_as_matmul(model)
     return VLMAdapter(model, processor)
-
-
-def default_attention(config: PretrainedConfig) -> str:
-    """ "sdpa", except "eager" for a text-only model with heads narrower than 32 dims (the tiny
-    reader), whose recipe was tuned under eager: when chosen, eager was 1.3x faster there; with
-    torch 2.14 sdpa is 10% faster, but its rounding re-rolls the reader's multi-object lookups
-    (gold utility, seeds 0 / 1 / 2: 0.916 / 0.906 / 0.920 against eager's 0.916 / 0.925 / 0.923,
-    with weight decay; seed 0 without it: 0.890 against 0.916). Vision models
-    keep "sdpa": eager gained the tiny Qwen2.5-VL little, and its rounding differences once tipped
-    a captioner recipe that was then fragile into not learning to see (RESULTS.md)."""
-    if hasattr(config, "vision_config"):
-        return "sdpa"
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return "eager" if head_dim < 32 else "sdpa"
 
 
 def _keep_4bit_trainable(model: torch.nn.Module) -> None:

@@ -63,8 +63,9 @@ _TEXT = {  # decoder sizes; "small" matches the model of the TRL GRPO anchor
     ),
     # "mini" is the reader. Picking one object's attribute out of a caption that names three or
     # four comes late, as a jump, and with two layers whether it came within 7,000 steps depended
-    # on the seed (gold-caption utility 0.832 / 0.919 / 0.914 for seeds 0 / 1 / 2); with three,
-    # at 1.3x the time per step, it came on every seed (0.916 / 0.900 / 0.926; RESULTS.md).
+    # on the seed (gold-caption utility 0.832 / 0.919 / 0.914 for seeds 0 / 1 / 2; with weight
+    # decay 0.1, 0.870 / 0.923 / 0.916); with three, at 1.4x the time per step, it comes on every
+    # seed (RESULTS.md).
     "mini": dict(
         hidden_size=64,
         intermediate_size=128,
