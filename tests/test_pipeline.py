@@ -28,6 +28,9 @@ def test_every_stage_of_every_pipeline_parses(path, monkeypatch):
             assert cli.config.trainer.default_root_dir == str(run / stage.name)
         elif args[0] == "mine-pairs":
             mine_pairs_parser().parse_args(args[1:])
+        if args[0] in ("mine-pairs", "make-tiny"):  # `--seed N` runs everything from seed N, sampling too
+            seeded = stage_args(stage, stages, run, seed=7)
+            assert "--seed" in seeded and seeded[seeded.index("--seed") + 1] == "7", stage.name
 
 
 def _pipeline(tmp_path: Path) -> Path:
