@@ -60,8 +60,9 @@ def load_model(
     quantize: str | None = None,
 ) -> VLMAdapter:
     """Model + processor (vision models) or tokenizer (text-only readers) wrapped in the adapter.
-    `attn_implementation=None` picks PyTorch's fused attention ("sdpa"); `quantize="nf4"` loads the weights in
-    bitsandbytes 4-bit (the frozen base of QLoRA)."""
+    `attn_implementation=None` picks PyTorch's fused attention ("sdpa"), under which every
+    recipe was tuned; `quantize="nf4"` loads the weights in bitsandbytes 4-bit (the frozen base
+    of QLoRA)."""
     source = resolve(name_or_path)
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
