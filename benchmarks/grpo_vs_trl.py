@@ -8,6 +8,14 @@ Each measurement is a fresh process; lit_caprl and TRL alternate, `--repeats` ti
 A step's time is the wall time between consecutive step ends, median over the steps after
 `--warmup`.
 
+A third process alternating with them measures the step's floor on this CPU: the matrix
+products that no implementation can skip, timed alone. Through the decoder's linear layers
+(4 x 7 and the LM head; the vision tower's share is under 2%, `scaling.py`): 64 decode steps
+of prompts x G rows (generation), then a forward (the reference, when beta > 0) and a forward
+and backward (the update) over the completion tokens plus each distinct prompt once. No
+attention, norms, sampling or optimizer. TRL's step over the floor is the most any
+implementation could gain on it here.
+
     pip install -e ".[bench]"      # TRL, only needed here
     python benchmarks/grpo_vs_trl.py [--repeats 3] [--steps 12] [--quick]
 
@@ -98,9 +106,50 @@ def run_trl(model: str, prompts: int, beta: float, steps: int, defaults: bool = 
     return step_times(stamps)
 
 
+def run_floor(model: str, prompts: int, beta: float, steps: int) -> dict[str, list[float]]:
+    """Seconds of a step's unavoidable matrix products (see the module docstring), `steps`
+    times, by part. Inputs are drawn once per shape, outside the timing."""
+    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+    from lit_caprl.models.loading import load_model
+
+    adapter = load_model(model)
+    layers = [m for n, m in adapter.model.named_modules() if isinstance(m, torch.nn.Linear) and "visual" not in n]
+    prompt = adapter.encode_prompts([adapter.chat(DEFAULT_CAPTION_PROMPT, True)], images(1)).input_ids.shape[1]
+    inputs = {}
+
+    def products(rows: int, backward: bool = False) -> None:
+        for layer in layers:
+            x = inputs.setdefault((rows, layer.in_features), torch.randn(rows, layer.in_features))
+            y = layer(x.requires_grad_(backward))
+            if backward:
+                y.backward(torch.ones_like(y))
+
+    tokens = prompts * (G * LENGTH + prompt)
+    parts = {
+        "generation": lambda: [products(prompts * G) for _ in range(LENGTH)],
+        "reference": (lambda: products(tokens)) if beta > 0 else None,
+        "update": lambda: products(tokens, backward=True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(steps):
+        for name, part in parts.items():
+            start = time.perf_counter()
+            if part is not None:
+                with torch.set_grad_enabled(name == "update"):
+                    part()
+            times[name].append(time.perf_counter() - start if part is not None else 0.0)
+    return times
+
+
 def worker(a: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     torch.set_num_threads(2)
+    if a.worker == "floor":
+        times = {
+            name: statistics.median(t[a.warmup :]) for name, t in run_floor(a.model, a.prompts, a.beta, a.steps).items()
+        }
+        print(json.dumps({"step_s": sum(times.values()), "parts_s": times, "peak_rss_mb": peak_rss_mb()}))
+        return
     if a.worker == "lit_caprl":
         steps = run_lit(a.model, a.prompts, a.beta, a.steps)
     else:
@@ -124,7 +173,7 @@ def main() -> None:
     p.add_argument("--trl-defaults", action="store_true", help="TRL with its own bf16/checkpointing defaults")
     p.add_argument("--model", help="a Qwen2.5-VL save_pretrained dir (default: build the small tiny model)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "grpo_vs_trl.json"))
-    p.add_argument("--worker", choices=["lit_caprl", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["lit_caprl", "trl", "floor"], help=argparse.SUPPRESS)
     p.add_argument("--prompts", type=int, help=argparse.SUPPRESS)
     p.add_argument("--beta", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -139,12 +188,13 @@ def main() -> None:
         model = a.model or str(make_tiny("qwen2_5_vl", "small", Path(tmp) / "policy"))
         results = []
         for prompts, beta in configs:
-            runs: dict[str, list[dict]] = {"lit_caprl": [], "trl": []}
+            runs: dict[str, list[dict]] = {"lit_caprl": [], "trl": [], "floor": []}
             for _ in range(a.repeats):
-                for impl in runs:  # alternate, so drifts in machine speed hit both sides alike
+                for impl in runs:  # alternate, so drifts in machine speed hit every side alike
                     runs[impl].append(measure(impl, model, prompts, beta, a))
             entry = {"prompts_per_step": prompts, "num_generations": G, "beta": beta, "completion_tokens": LENGTH}
-            for impl, rs in runs.items():
+            for impl in ("lit_caprl", "trl"):
+                rs = runs[impl]
                 step = statistics.median(r["step_s"] for r in rs)
                 entry |= {
                     f"{impl}_step_s": step,
@@ -153,11 +203,16 @@ def main() -> None:
                     f"{impl}_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                 }
             entry["ratio"] = entry["lit_caprl_completions_per_s"] / entry["trl_completions_per_s"]
+            floor = sorted(runs["floor"], key=lambda r: r["step_s"])[len(runs["floor"]) // 2]  # the median repeat
+            entry |= {"floor_parts_s": floor["parts_s"], "floor_step_s": floor["step_s"]}
+            entry["max_ratio"] = entry["trl_step_s"] / floor["step_s"]
             results.append(entry)
             print(
                 f"{prompts}x{G} beta={beta}: lit_caprl {entry['lit_caprl_completions_per_s']:6.1f} completions/s "
                 f"({entry['lit_caprl_peak_rss_mb']:.0f} MB), TRL {entry['trl_completions_per_s']:6.1f} "
-                f"({entry['trl_peak_rss_mb']:.0f} MB), ratio {entry['ratio']:.2f}x",
+                f"({entry['trl_peak_rss_mb']:.0f} MB), ratio {entry['ratio']:.2f}x; floor {entry['floor_step_s']:.3f} s"
+                f" a step (lit_caprl {entry['lit_caprl_step_s']:.3f}, TRL {entry['trl_step_s']:.3f}): at most"
+                f" {entry['max_ratio']:.2f}x TRL",
                 flush=True,
             )
     meta = {

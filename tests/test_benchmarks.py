@@ -60,8 +60,13 @@ def test_grpo_vs_trl_benchmark_quick(tmp_path):
         "ratio",
         "lit_caprl_peak_rss_mb",
         "trl_peak_rss_mb",
+        "floor_step_s",
     ):
         assert entry[key] > 0, key
+    parts = entry["floor_parts_s"]  # 4x8, beta 0.04: a reference pass is part of the floor
+    assert parts["generation"] > 0 and parts["reference"] > 0 and parts["update"] > 0
+    assert entry["floor_step_s"] == pytest.approx(sum(parts.values()))
+    assert entry["max_ratio"] == pytest.approx(entry["trl_step_s"] / entry["floor_step_s"])
 
 
 def test_sft_dpo_vs_trl_benchmark_quick(tmp_path):
