@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, distributions, version
 from pathlib import Path
 
@@ -74,6 +75,37 @@ def fresh_process(script: str, argv: list[str]) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(argv)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def linear_layers(model: torch.nn.Module, vision: bool) -> list[torch.nn.Linear]:
+    """A model's linear layers: its vision tower's (`vision`), or the decoder's and LM head's."""
+    return [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ("visual" in n) == vision]
+
+
+_INPUTS: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def linear_products(layers: list[torch.nn.Linear], rows: int, backward: bool = False) -> None:
+    """Every layer's matrix product over `rows` tokens and, with `backward`, its two gradient
+    products: what any implementation of a step must compute (a floor; see grpo_vs_trl.py).
+    Inputs are drawn once per shape, so that only the products are timed."""
+    for layer in layers:
+        x = _INPUTS.setdefault((rows, layer.in_features), torch.randn(rows, layer.in_features))
+        with torch.set_grad_enabled(backward):
+            y = layer(x.requires_grad_(backward))
+            if backward:
+                y.backward(torch.ones_like(y))
+
+
+def timed_parts(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each part, `repeats` times, the parts one after another each time."""
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(repeats):
+        for name, part in parts.items():
+            start = time.perf_counter()
+            part()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def color_reward(texts: list[str]) -> list[float]:

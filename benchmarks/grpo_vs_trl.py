@@ -33,7 +33,18 @@ import time
 from pathlib import Path
 
 import torch
-from common import color_reward, environment, fresh_process, images, lit_grpo, peak_rss_mb, step_times
+from common import (
+    color_reward,
+    environment,
+    fresh_process,
+    images,
+    linear_layers,
+    linear_products,
+    lit_grpo,
+    peak_rss_mb,
+    step_times,
+    timed_parts,
+)
 
 CONFIGS = [(4, 0.04), (4, 0.0), (1, 0.04), (1, 0.0)]  # (prompts per step, beta); G = 8
 G, LENGTH = 8, 64
@@ -108,37 +119,19 @@ def run_trl(model: str, prompts: int, beta: float, steps: int, defaults: bool = 
 
 def run_floor(model: str, prompts: int, beta: float, steps: int) -> dict[str, list[float]]:
     """Seconds of a step's unavoidable matrix products (see the module docstring), `steps`
-    times, by part. Inputs are drawn once per shape, outside the timing."""
+    times, by part."""
     from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
     from lit_caprl.models.loading import load_model
 
     adapter = load_model(model)
-    layers = [m for n, m in adapter.model.named_modules() if isinstance(m, torch.nn.Linear) and "visual" not in n]
+    decoder = linear_layers(adapter.model, vision=False)
     prompt = adapter.encode_prompts([adapter.chat(DEFAULT_CAPTION_PROMPT, True)], images(1)).input_ids.shape[1]
-    inputs = {}
-
-    def products(rows: int, backward: bool = False) -> None:
-        for layer in layers:
-            x = inputs.setdefault((rows, layer.in_features), torch.randn(rows, layer.in_features))
-            y = layer(x.requires_grad_(backward))
-            if backward:
-                y.backward(torch.ones_like(y))
-
     tokens = prompts * (G * LENGTH + prompt)
-    parts = {
-        "generation": lambda: [products(prompts * G) for _ in range(LENGTH)],
-        "reference": (lambda: products(tokens)) if beta > 0 else None,
-        "update": lambda: products(tokens, backward=True),
-    }
-    times: dict[str, list[float]] = {name: [] for name in parts}
-    for _ in range(steps):
-        for name, part in parts.items():
-            start = time.perf_counter()
-            if part is not None:
-                with torch.set_grad_enabled(name == "update"):
-                    part()
-            times[name].append(time.perf_counter() - start if part is not None else 0.0)
-    return times
+    parts = {"generation": lambda: [linear_products(decoder, prompts * G) for _ in range(LENGTH)]}
+    if beta > 0:
+        parts["reference"] = lambda: linear_products(decoder, tokens)
+    parts["update"] = lambda: linear_products(decoder, tokens, backward=True)
+    return timed_parts(parts, steps)
 
 
 def worker(a: argparse.Namespace) -> None:

@@ -11,6 +11,12 @@ TRL runs as at its best for this case, as in the anchors: bf16 and gradient chec
 alternating; a step's time is the wall time between consecutive step ends, median over the
 steps after `--warmup`, then the median over `--repeats`.
 
+A third process in the same alternation times the step's floor, as grpo_vs_trl.py does: the
+matrix products of every linear layer (decoder, LM head, vision tower) over a batch's real
+tokens and image patches, forward and backward (and the reference's forward, for DPO), each
+prompt once per pair, nothing else; TRL's step over it is the most any implementation could
+gain here.
+
     pip install -e ".[bench]" -c benchmarks/constraints.txt
     python benchmarks/sft_dpo_vs_trl.py [--repeats 3] [--steps 15] [--quick]
 
@@ -28,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import environment, fresh_process, peak_rss_mb, step_times
+from common import environment, fresh_process, linear_layers, linear_products, peak_rss_mb, step_times, timed_parts
 from grpo_vs_trl import TRL_BEST
 
 BATCH = {"sft": 16, "dpo": 8}
@@ -142,9 +148,46 @@ def run_trl(stage: str, model: str, data: Path, steps: int) -> list[float]:
     return step_times(stamps)
 
 
+def run_floor(stage: str, model: str, data: Path, steps: int) -> dict[str, list[float]]:
+    """Seconds of a step's unavoidable matrix products (see the module docstring), `steps`
+    times, by part: a batch of the data's mean prompt, caption and image sizes."""
+    from PIL import Image
+
+    from lit_caprl.data.prompts import DEFAULT_CAPTION_PROMPT
+    from lit_caprl.models.loading import load_model
+
+    adapter = load_model(model)
+    decoder, vision = linear_layers(adapter.model, vision=False), linear_layers(adapter.model, vision=True)
+    records = [json.loads(line) for line in open(data / "pairs.jsonl")]
+    image = Image.open(data / records[0]["image"]).convert("RGB")  # every scene has the same size
+    prompt = adapter.encode_prompts([adapter.chat(DEFAULT_CAPTION_PROMPT, True)], [image])
+    patches = prompt.pixel_values.shape[0]
+
+    def tokens(key: str) -> float:  # mean caption tokens with EOS
+        texts = [r["captions"][0] if key == "gold" else r[key] for r in records]
+        return adapter.encode_completions(texts).mask.sum().item() / len(texts)
+
+    captions = tokens("gold") if stage == "sft" else tokens("chosen") + tokens("rejected")
+    text = round(BATCH[stage] * (prompt.input_ids.shape[1] + captions))
+    patch_rows = BATCH[stage] * patches
+
+    def forward_backward(backward: bool) -> None:
+        linear_products(decoder, text, backward)
+        linear_products(vision, patch_rows, backward)
+
+    parts = {"reference": lambda: forward_backward(False)} if stage == "dpo" else {}
+    parts["update"] = lambda: forward_backward(True)
+    return timed_parts(parts, steps)
+
+
 def worker(a: argparse.Namespace) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     torch.set_num_threads(2)
+    if a.worker == "floor":
+        parts = run_floor(a.stage, a.model, Path(a.data), a.steps)
+        times = {name: statistics.median(t[a.warmup :]) for name, t in parts.items()}
+        print(json.dumps({"step_s": sum(times.values()), "parts_s": times, "peak_rss_mb": peak_rss_mb()}))
+        return
     run = run_lit if a.worker == "lit_caprl" else run_trl
     steps = run(a.stage, a.model, Path(a.data), a.steps)[a.warmup - 1 :]
     print(json.dumps({"step_s": statistics.median(steps), "peak_rss_mb": peak_rss_mb()}))
@@ -157,7 +200,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="step times dropped at the start")
     p.add_argument("--quick", action="store_true", help="one repeat of 5 steps per stage: checks that it runs")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "sft_dpo_vs_trl.json"))
-    p.add_argument("--worker", choices=["lit_caprl", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["lit_caprl", "trl", "floor"], help=argparse.SUPPRESS)
     p.add_argument("--stage", choices=list(BATCH), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -173,15 +216,16 @@ def main() -> None:
         data = write_data(Path(tmp) / "shapes")
         results = []
         for stage in BATCH:
-            runs: dict[str, list[dict]] = {"lit_caprl": [], "trl": []}
+            runs: dict[str, list[dict]] = {"lit_caprl": [], "trl": [], "floor": []}
             for _ in range(a.repeats):
-                for impl in runs:  # alternate, so drifts in machine speed hit both sides alike
+                for impl in runs:  # alternate, so drifts in machine speed hit every side alike
                     argv = ["--worker", impl, "--stage", stage, "--model", model, "--data", str(data)]
                     argv += ["--steps", str(a.steps), "--warmup", str(a.warmup)]
                     runs[impl].append(fresh_process(__file__, argv))
             unit = "examples" if stage == "sft" else "pairs"
             entry = {"stage": stage, "batch": BATCH[stage], "unit": unit}
-            for impl, rs in runs.items():
+            for impl in ("lit_caprl", "trl"):
+                rs = runs[impl]
                 step = statistics.median(r["step_s"] for r in rs)
                 entry |= {
                     f"{impl}_step_s": step,
@@ -190,11 +234,16 @@ def main() -> None:
                     f"{impl}_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                 }
             entry["ratio"] = entry["trl_step_s"] / entry["lit_caprl_step_s"]
+            floor = sorted(runs["floor"], key=lambda r: r["step_s"])[len(runs["floor"]) // 2]  # the median repeat
+            entry |= {"floor_parts_s": floor["parts_s"], "floor_step_s": floor["step_s"]}
+            entry["max_ratio"] = entry["trl_step_s"] / floor["step_s"]
             results.append(entry)
             print(
                 f"{stage}: lit_caprl {entry[f'lit_caprl_{unit}_per_s']:6.1f} {unit}/s "
                 f"({entry['lit_caprl_peak_rss_mb']:.0f} MB), TRL {entry[f'trl_{unit}_per_s']:6.1f} "
-                f"({entry['trl_peak_rss_mb']:.0f} MB), ratio {entry['ratio']:.2f}x",
+                f"({entry['trl_peak_rss_mb']:.0f} MB), ratio {entry['ratio']:.2f}x; floor {entry['floor_step_s']:.3f} s"
+                f" a step (lit_caprl {entry['lit_caprl_step_s']:.3f}, TRL {entry['trl_step_s']:.3f}): at most"
+                f" {entry['max_ratio']:.2f}x TRL",
                 flush=True,
             )
     settings = {"repeats": a.repeats, "steps": a.steps, "warmup_dropped": a.warmup, "threads": 2, "scenes": SCENES}

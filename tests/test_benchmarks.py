@@ -64,7 +64,7 @@ def test_grpo_vs_trl_benchmark_quick(tmp_path):
     ):
         assert entry[key] > 0, key
     parts = entry["floor_parts_s"]  # 4x8, beta 0.04: a reference pass is part of the floor
-    assert parts["generation"] > 0 and parts["reference"] > 0 and parts["update"] > 0
+    assert set(parts) == {"generation", "reference", "update"} and min(parts.values()) > 0
     assert entry["floor_step_s"] == pytest.approx(sum(parts.values()))
     assert entry["max_ratio"] == pytest.approx(entry["trl_step_s"] / entry["floor_step_s"])
 
@@ -83,6 +83,10 @@ def test_sft_dpo_vs_trl_benchmark_quick(tmp_path):
         for key in (f"lit_caprl_{unit}_per_s", f"trl_{unit}_per_s", "lit_caprl_peak_rss_mb", "trl_peak_rss_mb"):
             assert entry[key] > 0, key
         assert entry["ratio"] == pytest.approx(entry["trl_step_s"] / entry["lit_caprl_step_s"])
+        parts = entry["floor_parts_s"]  # DPO's floor has its reference forward, SFT's none
+        assert set(parts) == ({"reference", "update"} if entry["stage"] == "dpo" else {"update"})
+        assert entry["floor_step_s"] == pytest.approx(sum(parts.values())) and min(parts.values()) > 0
+        assert entry["max_ratio"] == pytest.approx(entry["trl_step_s"] / entry["floor_step_s"])
     assert result["settings"]["trl_settings"] == {"bf16": False, "gradient_checkpointing": False}
 
 
