@@ -85,11 +85,12 @@ def test_two_ranks_make_the_same_update_as_one_rank(strategy, one_rank_update, t
 
 
 def test_sharded_grpo_with_uneven_captions_resumes_and_exports(tiny_models, four_scenes, tmp_path):
-    """FSDP2 with a sharded reference and natural sampling: ranks see different scenes and stop
-    decoding at different steps, yet nothing hangs; the sharded checkpoint resumes on 2 ranks;
-    the export is one plain `from_pretrained` directory with the trained weights."""
-    policy = tiny_models["qwen2_5_vl"]
-    trained, _ = _run(tmp_path, policy, four_scenes, "fsdp2", "--shard-reference", "--steps", "3")
+    """FSDP2 with a sharded reference and natural sampling, one scene per rank and step: ranks
+    see different scenes and stop decoding at different steps, yet nothing hangs; the sharded
+    checkpoint of step 3, inside an epoch, resumes on 2 ranks exactly; the export is one plain
+    `from_pretrained` directory with the trained weights."""
+    policy, args = tiny_models["qwen2_5_vl"], ["--shard-reference", "--batch-size", "1"]
+    trained, _ = _run(tmp_path, policy, four_scenes, "fsdp2", *args, "--steps", "3")
     ranks = [json.loads((tmp_path / f"fsdp2.pt.rank{r}.json").read_text()) for r in (0, 1)]
     for step0, step1 in zip(*ranks, strict=True):
         assert not set(step0["ids"]) & set(step1["ids"])
@@ -100,16 +101,34 @@ def test_sharded_grpo_with_uneven_captions_resumes_and_exports(tiny_models, four
     assert all(torch.equal(export[k], trained[k]) for k in trained)
 
     resumed, log = _run(
-        tmp_path,
-        policy,
-        four_scenes,
-        "fsdp2",
-        "--shard-reference",
-        "--steps",
-        "4",
-        "--resume",
-        str(tmp_path / "ckpt" / "last.ckpt"),
+        tmp_path, policy, four_scenes, "fsdp2", *args, "--steps", "4", "--resume", str(tmp_path / "ckpt" / "last.ckpt")
     )
     assert "Restored all states from the checkpoint" in log
     assert len(json.loads((tmp_path / "fsdp2.pt.rank0.json").read_text())) == 1  # only rollout 4 ran
     assert any(not torch.equal(resumed[k], trained[k]) for k in trained)
+    _assert_resumed_as_straight(tmp_path, policy, four_scenes, resumed, *args)
+
+
+def test_sharded_grpo_resumes_at_an_epoch_end(tiny_models, four_scenes, tmp_path):
+    """Two scenes per rank and step, one step per epoch: the checkpoint ends an epoch; resumed,
+    the ranks start the next epoch in its own order (torchdata alone would skip it) and end
+    with the weights of a straight run."""
+    policy = tiny_models["qwen2_5_vl"]
+    _run(tmp_path, policy, four_scenes, "fsdp2", "--steps", "3")
+    resumed, _ = _run(
+        tmp_path, policy, four_scenes, "fsdp2", "--steps", "4", "--resume", str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    _assert_resumed_as_straight(tmp_path, policy, four_scenes, resumed)
+
+
+def _assert_resumed_as_straight(tmp_path: Path, policy: str, data: str, resumed: dict, *extra: str) -> None:
+    """A run straight to step 4 drew the scenes the resumed run drew at step 4, on each rank, and
+    ended with the same weights (sampling follows (seed, rank, step), so equal weights need
+    equal scenes): a resumed epoch with another order, or skipped, fails."""
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    straight, _ = _run(straight_dir, policy, data, "fsdp2", "--steps", "4", *extra)
+    for rank in (0, 1):
+        last = json.loads((tmp_path / f"fsdp2.pt.rank{rank}.json").read_text())[-1]
+        assert last["ids"] == json.loads((straight_dir / f"fsdp2.pt.rank{rank}.json").read_text())[3]["ids"]
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from lit_caprl.data import prompts
 from lit_caprl.data.datasets import LevelDataset, ListDataset, collate
@@ -59,17 +60,32 @@ class BaseDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         """Training loaders are stateful (torchdata): Lightning saves their position in each
         checkpoint, so a run resumed mid-epoch sees the batches it would have seen. The
-        shuffling generator is seeded from the run's seed (`seed_everything`)."""
-        generator = torch.Generator().manual_seed(torch.initial_seed()) if shuffle else None
+        shuffling generator is seeded from the run's seed (`seed_everything`); on several
+        data-parallel ranks, the shuffled order is `_rank_sampler`'s."""
+        sampler = self._rank_sampler(ds) if shuffle else None
+        generator = torch.Generator().manual_seed(torch.initial_seed()) if shuffle and sampler is None else None
         return StatefulDataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
             drop_last=shuffle,
             generator=generator,
         )
+
+    def _rank_sampler(self, ds: Dataset) -> _RankSampler | None:
+        """This rank's share of each shuffled epoch when several data-parallel ranks train: an
+        order drawn from (seed, epoch) alone, its epoch set to the one the trainer (re)starts,
+        so a resumed run draws what the uninterrupted run drew. Lightning's own sampler would
+        wrap the loader's random sampler, whose generator no checkpoint restores."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        sampler = _RankSampler(ds, shuffle=True, seed=torch.initial_seed(), **trainer.distributed_sampler_kwargs)
+        sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
@@ -80,6 +96,16 @@ class BaseDataModule(L.LightningDataModule):
     def teardown(self, stage: str) -> None:
         if self.reader.skipped:
             rank_zero_warn(f"end of {stage}: " + self.reader.summary())
+
+
+class _RankSampler(StatefulDistributedSampler):
+    """torchdata's resumable distributed sampler, except that a position saved at the end of an
+    epoch starts the next epoch afresh: torchdata would skip that many samples of it too."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.next_yielded >= self.num_samples:
+            self.next_yielded = None
 
 
 class _FileData(BaseDataModule):
