@@ -109,26 +109,29 @@ def test_sharded_grpo_with_uneven_captions_resumes_and_exports(tiny_models, four
     _assert_resumed_as_straight(tmp_path, policy, four_scenes, resumed, *args)
 
 
-def test_sharded_grpo_resumes_at_an_epoch_end(tiny_models, four_scenes, tmp_path):
+@pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
+def test_grpo_resumes_at_an_epoch_end(strategy, tiny_models, four_scenes, tmp_path):
     """Two scenes per rank and step, one step per epoch: the checkpoint ends an epoch; resumed,
     the ranks start the next epoch in its own order (torchdata alone would skip it) and end
     with the weights of a straight run."""
     policy = tiny_models["qwen2_5_vl"]
-    _run(tmp_path, policy, four_scenes, "fsdp2", "--steps", "3")
+    _run(tmp_path, policy, four_scenes, strategy, "--steps", "3")
     resumed, _ = _run(
-        tmp_path, policy, four_scenes, "fsdp2", "--steps", "4", "--resume", str(tmp_path / "ckpt" / "last.ckpt")
+        tmp_path, policy, four_scenes, strategy, "--steps", "4", "--resume", str(tmp_path / "ckpt" / "last.ckpt")
     )
-    _assert_resumed_as_straight(tmp_path, policy, four_scenes, resumed)
+    _assert_resumed_as_straight(tmp_path, policy, four_scenes, resumed, strategy=strategy)
 
 
-def _assert_resumed_as_straight(tmp_path: Path, policy: str, data: str, resumed: dict, *extra: str) -> None:
+def _assert_resumed_as_straight(
+    tmp_path: Path, policy: str, data: str, resumed: dict, *extra: str, strategy: str = "fsdp2"
+) -> None:
     """A run straight to step 4 drew the scenes the resumed run drew at step 4, on each rank, and
     ended with the same weights (sampling follows (seed, rank, step), so equal weights need
     equal scenes): a resumed epoch with another order, or skipped, fails."""
     straight_dir = tmp_path / "straight"
     straight_dir.mkdir()
-    straight, _ = _run(straight_dir, policy, data, "fsdp2", "--steps", "4", *extra)
+    straight, _ = _run(straight_dir, policy, data, strategy, "--steps", "4", *extra)
     for rank in (0, 1):
-        last = json.loads((tmp_path / f"fsdp2.pt.rank{rank}.json").read_text())[-1]
-        assert last["ids"] == json.loads((straight_dir / f"fsdp2.pt.rank{rank}.json").read_text())[3]["ids"]
+        last = json.loads((tmp_path / f"{strategy}.pt.rank{rank}.json").read_text())[-1]
+        assert last["ids"] == json.loads((straight_dir / f"{strategy}.pt.rank{rank}.json").read_text())[3]["ids"]
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
