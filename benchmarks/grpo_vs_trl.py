@@ -20,7 +20,7 @@ implementation could gain on it here.
     python benchmarks/grpo_vs_trl.py [--repeats 3] [--steps 12] [--quick]
 
 Writes benchmarks/results/grpo_vs_trl.json: one entry per config with completions/s and
-peak RSS for each side and their ratio.
+peak RSS for each side, their ratio, the floor by part and the most it allows (`max_ratio`).
 """
 
 from __future__ import annotations
